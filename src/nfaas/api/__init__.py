@@ -1,0 +1,1 @@
+"""HTTP: the gateway's invoke path, the management API, auth, metrics and the OpenAPI document."""

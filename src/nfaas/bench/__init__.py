@@ -1,0 +1,1 @@
+"""Benchmarks: experiments, load generators, reports."""

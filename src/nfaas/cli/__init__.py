@@ -1,0 +1,1 @@
+"""The nfaas command line (typer + rich)."""

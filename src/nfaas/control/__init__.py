@@ -1,0 +1,1 @@
+"""Desired state and decisions: registry, bundles, tokens, autoscaler, keep-alive."""

@@ -1,0 +1,236 @@
+"""The single-node platform: registry, bundles, tokens, node agent and the scaling loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nfaas.control.auth import ALL_NAMESPACES, Principal, TokenStore
+from nfaas.control.autoscaler import Kpa
+from nfaas.control.bundles import BundleError, BundleStore
+from nfaas.control.registry import FunctionRecord, Registry
+from nfaas.core.spec import FunctionSpec, SpecError, validate_name, validate_spec
+from nfaas.node.agent import NodeAgent
+from nfaas.node.coldstart import ColdStart, percentiles
+from nfaas.node.logs import FunctionKey
+
+DEFAULT_NAMESPACE = "default"
+NAMESPACE_PATH = ("namespace",)
+
+
+class NotFound(LookupError):
+    """No such function visible to the caller (404: existence is never disclosed)."""
+
+
+class Conflict(Exception):
+    """The function already exists (POST) (409)."""
+
+
+class Forbidden(Exception):
+    """The caller's token does not allow this (403)."""
+
+
+@dataclass(frozen=True)
+class PlatformConfig:
+    data_dir: Path
+    tick: float = 0.1
+    queue_limit: int = 1024
+    stable_window: float = 60.0
+    panic_window: float = 6.0
+
+
+def check_reachable(data_dir: Path) -> None:
+    """Instances run under other uids; they must be able to traverse to their code."""
+    if os.getuid() != 0:
+        return
+    for folder in [data_dir.resolve(), *data_dir.resolve().parents]:
+        mode = folder.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            raise RuntimeError(
+                f"data directory {data_dir} is not reachable by unprivileged instance uids: "
+                f"{folder} has mode {stat.filemode(mode)} (needs o+x); choose another --data"
+            )
+
+
+class Platform:
+    def __init__(self, config: PlatformConfig) -> None:
+        self.config = config
+        data = config.data_dir
+        data.mkdir(parents=True, exist_ok=True)
+        data.chmod(0o711)
+        check_reachable(data)
+        self.registry = Registry(data / "state.db")
+        self.tokens = TokenStore(self.registry)
+        self.bundles = BundleStore(data)
+        self.cold_start_listeners: list[Callable[[FunctionKey, ColdStart], None]] = []
+        self.agent = NodeAgent(data, self._cold_start, config.queue_limit)
+        self.scalers: dict[FunctionKey, Kpa] = {}
+        self.started_at = time.time()
+        self._loop_task: asyncio.Task[None] | None = None
+        self.admin_token_path = data / "admin.token"
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        self._ensure_admin_token()
+        await self.agent.start()
+        for record in self.registry.list_functions():
+            bundle = await asyncio.to_thread(self.bundles.unpack, record.bundle)
+            await self.agent.deploy((record.namespace, record.spec.name), record.spec, bundle)
+            self.scalers[(record.namespace, record.spec.name)] = self._new_kpa()
+        self._loop_task = asyncio.get_running_loop().create_task(self._control_loop())
+
+    async def stop(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+        await self.agent.close()
+        self.registry.close()
+
+    def _ensure_admin_token(self) -> None:
+        if self.admin_token_path.exists():
+            return
+        _, token = self.tokens.create(ALL_NAMESPACES)
+        fd = os.open(self.admin_token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token + "\n")
+
+    def _new_kpa(self) -> Kpa:
+        return Kpa(self.config.stable_window, self.config.panic_window)
+
+    def _cold_start(self, key: FunctionKey, record: ColdStart) -> None:
+        for listener in self.cold_start_listeners:
+            listener(key, record)
+
+    async def _control_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.tick)
+            now = time.monotonic()
+            for key, pool in list(self.agent.pools.items()):
+                scale = pool.spec.scale
+                kpa = self.scalers.setdefault(key, self._new_kpa())
+                kpa.record(now, pool.concurrency())
+                want = kpa.desired(
+                    now, len(pool.slots), scale.target_concurrency, scale.min, scale.max
+                )
+                while pool.live() < want and pool.start_instance("autoscaler"):
+                    pass
+                await pool.stop_idle(scale.idle_timeout, keep=scale.min)
+
+    # -- names and access ----------------------------------------------------------------
+    def namespace_for(self, principal: Principal | None, requested: str | None) -> str:
+        if principal is not None and not principal.is_admin:
+            if requested and requested != principal.namespace:
+                raise NotFound(f"namespace {requested!r} not found")
+            return principal.namespace
+        namespace = requested or DEFAULT_NAMESPACE
+        validate_name(namespace, NAMESPACE_PATH)
+        return namespace
+
+    def lookup(
+        self, principal: Principal | None, name: str, namespace: str | None
+    ) -> FunctionRecord:
+        ns = self.namespace_for(principal, namespace)
+        record = self.registry.get_function(ns, name)
+        if record is None:
+            raise NotFound(f"function {name!r} not found")
+        return record
+
+    # -- management ----------------------------------------------------------------------
+    async def upload_bundle(self, data: bytes) -> str:
+        return await asyncio.to_thread(self.bundles.put, data)
+
+    async def deploy(
+        self,
+        principal: Principal,
+        name: str,
+        namespace: str | None,
+        raw_spec: Mapping[str, Any],
+        bundle: str,
+        mode: str,
+    ) -> FunctionRecord:
+        """``mode`` is "create" (409 if present), "update" (404 if absent) or "upsert"."""
+        ns = self.namespace_for(principal, namespace)
+        spec = validate_spec(name, raw_spec)
+        if not self.bundles.has(bundle):
+            raise SpecError(
+                ("bundle",), f"unknown bundle {bundle!r}: upload it to /system/bundles first"
+            )
+        existing = self.registry.get_function(ns, name)
+        if mode == "create" and existing is not None:
+            raise Conflict(f"function {name!r} already exists in namespace {ns!r}")
+        if mode == "update" and existing is None:
+            raise NotFound(f"function {name!r} not found")
+        code = await asyncio.to_thread(self.bundles.unpack, bundle)
+        record = self.registry.put_function(ns, spec, bundle)
+        await self.agent.deploy((ns, name), spec, code)
+        self.scalers.setdefault((ns, name), self._new_kpa())
+        return record
+
+    async def remove(self, principal: Principal, name: str, namespace: str | None) -> None:
+        record = self.lookup(principal, name, namespace)
+        key = (record.namespace, name)
+        self.registry.delete_function(*key)
+        self.scalers.pop(key, None)
+        await self.agent.remove(key)
+
+    def list(self, principal: Principal, namespace: str | None) -> list[FunctionRecord]:
+        if principal.is_admin and namespace is None:
+            return self.registry.list_functions()
+        return self.registry.list_functions(self.namespace_for(principal, namespace))
+
+    async def scale(
+        self, principal: Principal, name: str, namespace: str | None, replicas: int
+    ) -> None:
+        record = self.lookup(principal, name, namespace)
+        if replicas < 0 or replicas > record.spec.scale.max:
+            raise SpecError(
+                ("replicas",), f"must be between 0 and the function's max ({record.spec.scale.max})"
+            )
+        await self.agent.pool((record.namespace, name)).scale_to(replicas)
+
+    def status(self, record: FunctionRecord) -> dict[str, Any]:
+        key = (record.namespace, record.spec.name)
+        pool = self.agent.pools.get(key)
+        runtime: dict[str, object] = pool.describe() if pool else {}
+        records = list(pool.records) if pool else []
+        kpa = self.scalers.get(key)
+        return {
+            **runtime,
+            "cold_starts": [r.to_dict() for r in records[-10:]],
+            "cold_start_percentiles_ms": percentiles(records),
+            "panicking": bool(kpa and kpa.panicking(time.monotonic())),
+        }
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "provider": {"provider": "nfaas", "orchestration": "nfaas-node", "version": _version()},
+            "version": {"release": _version()},
+            "arch": os.uname().machine,
+            "started_at": self.started_at,
+            "functions": len(self.agent.pools),
+            "instances": sum(len(p.slots) for p in self.agent.pools.values()),
+            "drivers": [driver.info() for driver in self.agent.drivers.values()],
+        }
+
+
+def _version() -> str:
+    from nfaas import __version__
+
+    return __version__
+
+
+__all__ = [
+    "BundleError",
+    "Conflict",
+    "Forbidden",
+    "FunctionSpec",
+    "NotFound",
+    "Platform",
+    "PlatformConfig",
+    "SpecError",
+]

@@ -1,0 +1,1 @@
+"""Shared vocabulary: function specs, units, manifests. Imports nothing else of nfaas."""

@@ -1,0 +1,207 @@
+"""The function spec: what a manifest entry or an API deploy request describes, validated.
+
+Validation reports the *path* of the offending key (e.g. ``scale.max``) so callers can point
+at it: the manifest loader turns a path into a file and line, the API into a field name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import msgspec
+
+from nfaas.core.units import parse_duration, parse_size
+
+NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+RUNTIMES = ("python",)
+ISOLATIONS = ("process",)
+
+
+class SpecError(ValueError):
+    """A bad key or value; ``path`` names it, e.g. ("scale", "max")."""
+
+    def __init__(self, path: tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+    @property
+    def field(self) -> str:
+        return ".".join(self.path)
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.path else self.message
+
+
+class Scale(msgspec.Struct, frozen=True):
+    min: int = 0
+    max: int = 4
+    target_concurrency: int = 1
+    idle_timeout: float = 60.0
+
+
+class Limits(msgspec.Struct, frozen=True):
+    memory: int = 256 * 1024**2
+    cpu: float = 1.0
+    timeout: float = 30.0
+    max_body: int = 1024**2
+    cpu_time: float = 3600.0
+    open_files: int = 1024
+    processes: int = 64
+
+
+class FunctionSpec(msgspec.Struct, frozen=True):
+    name: str
+    runtime: str = "python"
+    isolation: str = "process"
+    scale: Scale = Scale()
+    limits: Limits = Limits()
+    env: dict[str, str] = {}
+    labels: dict[str, str] = {}
+    public: bool = False
+
+
+def validate_name(name: object, path: tuple[str, ...] = ("name",)) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise SpecError(
+            path,
+            f"invalid function name {name!r}: use lowercase letters, digits and '-', "
+            "1-63 characters, starting and ending with a letter or digit",
+        )
+    return name
+
+
+def _int(path: tuple[str, ...], value: object, lo: int, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(path, f"expected an integer, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
+        raise SpecError(path, f"must be {bound}, got {value}")
+    return value
+
+
+def _positive(path: tuple[str, ...], value: object, parse: Callable[[object], Any]) -> Any:
+    try:
+        parsed = parse(value)
+    except ValueError as exc:
+        raise SpecError(path, str(exc)) from None
+    if parsed <= 0:
+        raise SpecError(path, f"must be greater than zero, got {value!r}")
+    return parsed
+
+
+def _cpu(value: object) -> float:
+    if isinstance(value, str) and value.endswith("m") and value[:-1].isdigit():
+        return int(value[:-1]) / 1000
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"expected cores such as 0.5 or 500m, got {value!r}")
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"expected cores such as 0.5 or 500m, got {value!r}") from None
+
+
+def _mapping(path: tuple[str, ...], value: object) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise SpecError(path, f"expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _check_keys(path: tuple[str, ...], raw: Mapping[str, Any], allowed: set[str]) -> None:
+    for key in raw:
+        if key not in allowed:
+            raise SpecError(
+                (*path, str(key)),
+                f"unknown key {key!r} (allowed: {', '.join(sorted(allowed))})",
+            )
+
+
+def _str_map(path: tuple[str, ...], value: object) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, item in _mapping(path, value).items():
+        if not isinstance(key, str) or not key:
+            raise SpecError((*path, str(key)), "keys must be non-empty strings")
+        if isinstance(item, bool) or not isinstance(item, str | int | float):
+            raise SpecError((*path, key), f"expected a string value, got {item!r}")
+        out[key] = str(item)
+    return out
+
+
+def _scale(path: tuple[str, ...], raw: Mapping[str, Any]) -> Scale:
+    _check_keys(path, raw, {"min", "max", "target_concurrency", "idle_timeout"})
+    d = Scale()
+    lo = _int((*path, "min"), raw.get("min", d.min), 0, 1000)
+    hi = _int((*path, "max"), raw.get("max", max(d.max, lo)), 1, 1000)
+    if hi < lo:
+        raise SpecError((*path, "max"), f"max ({hi}) must be >= min ({lo})")
+    target = _int((*path, "target_concurrency"), raw.get("target_concurrency", 1), 1, 10000)
+    idle = _positive(
+        (*path, "idle_timeout"), raw.get("idle_timeout", d.idle_timeout), parse_duration
+    )
+    return Scale(min=lo, max=hi, target_concurrency=target, idle_timeout=idle)
+
+
+def _limits(path: tuple[str, ...], raw: Mapping[str, Any]) -> Limits:
+    d = Limits()
+    _check_keys(path, raw, set(Limits.__struct_fields__))
+    memory = _positive((*path, "memory"), raw.get("memory", d.memory), parse_size)
+    if memory < 16 * 1024**2:
+        raise SpecError((*path, "memory"), f"must be at least 16Mi, got {raw.get('memory')!r}")
+    return Limits(
+        memory=memory,
+        cpu=_positive((*path, "cpu"), raw.get("cpu", d.cpu), _cpu),
+        timeout=_positive((*path, "timeout"), raw.get("timeout", d.timeout), parse_duration),
+        max_body=_positive((*path, "max_body"), raw.get("max_body", d.max_body), parse_size),
+        cpu_time=_positive((*path, "cpu_time"), raw.get("cpu_time", d.cpu_time), parse_duration),
+        open_files=_int((*path, "open_files"), raw.get("open_files", d.open_files), 16, 1 << 20),
+        processes=_int((*path, "processes"), raw.get("processes", d.processes), 1, 1 << 16),
+    )
+
+
+# Keys a manifest entry may carry beyond the spec itself (client-side only).
+MANIFEST_ONLY_KEYS = {"handler"}
+SPEC_KEYS = {"runtime", "isolation", "scale", "limits", "env", "labels", "public"}
+
+
+def validate_spec(
+    name: str, raw: Mapping[str, Any], extra_keys: set[str] = frozenset()
+) -> FunctionSpec:  # type: ignore[assignment]
+    """Build a FunctionSpec from a plain mapping; raise SpecError naming the bad key."""
+    validate_name(name)
+    raw = _mapping((), raw)
+    _check_keys((), raw, SPEC_KEYS | set(extra_keys))
+    runtime = raw.get("runtime", "python")
+    if runtime not in RUNTIMES:
+        raise SpecError(
+            ("runtime",), f"unsupported runtime {runtime!r} (supported: {', '.join(RUNTIMES)})"
+        )
+    isolation = raw.get("isolation", "process")
+    if isolation not in ISOLATIONS:
+        raise SpecError(
+            ("isolation",),
+            f"unsupported isolation {isolation!r} (supported: {', '.join(ISOLATIONS)})",
+        )
+    public = raw.get("public", False)
+    if not isinstance(public, bool):
+        raise SpecError(("public",), f"expected true or false, got {public!r}")
+    return FunctionSpec(
+        name=name,
+        runtime=runtime,
+        isolation=isolation,
+        scale=_scale(("scale",), _mapping(("scale",), raw.get("scale", {}))),
+        limits=_limits(("limits",), _mapping(("limits",), raw.get("limits", {}))),
+        env=_str_map(("env",), raw.get("env", {})),
+        labels=_str_map(("labels",), raw.get("labels", {})),
+        public=public,
+    )
+
+
+def spec_to_dict(spec: FunctionSpec) -> dict[str, Any]:
+    data: dict[str, Any] = msgspec.to_builtins(spec)
+    return data
+
+
+def spec_from_json(data: bytes | str) -> FunctionSpec:
+    return msgspec.json.decode(data, type=FunctionSpec)

@@ -1,0 +1,1 @@
+"""The local agent: function pools of instances, cold starts, logs, stats."""

@@ -1,0 +1,63 @@
+"""Instantiation records: the phase timestamps of every cold start (seed 002 §3's VIM breakdown)."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass
+
+PHASES = ("scheduled", "spawned", "loaded", "ready", "first_response")
+
+
+@dataclass
+class ColdStart:
+    """Monotonic timestamps in seconds; ``accepted`` is when the triggering request arrived."""
+
+    instance_id: str
+    trigger: str
+    accepted: float
+    scheduled: float = 0.0
+    spawned: float = 0.0
+    loaded: float = 0.0
+    ready: float = 0.0
+    first_response: float = 0.0
+    error: str = ""
+
+    def durations(self) -> dict[str, float]:
+        """Seconds each phase took after the previous one, plus ``total``."""
+        out: dict[str, float] = {}
+        previous = self.accepted
+        for phase in PHASES:
+            stamp = getattr(self, phase)
+            if not stamp:
+                break
+            out[phase] = stamp - previous
+            previous = stamp
+        out["total"] = previous - self.accepted
+        return out
+
+    def to_dict(self) -> dict[str, object]:
+        data: dict[str, object] = asdict(self)
+        data["durations_ms"] = {k: round(v * 1000, 3) for k, v in self.durations().items()}
+        return data
+
+
+def percentiles(records: list[ColdStart]) -> dict[str, dict[str, float]]:
+    """p50/p90/p99 in milliseconds of each phase over complete records."""
+    complete = [r.durations() for r in records if r.first_response]
+    out: dict[str, dict[str, float]] = {}
+    for phase in (*PHASES, "total"):
+        values = sorted(d[phase] * 1000 for d in complete if phase in d)
+        if not values:
+            continue
+        if len(values) == 1:
+            p50 = p90 = p99 = values[0]
+        else:
+            cuts = statistics.quantiles(values, n=100, method="inclusive")
+            p50, p90, p99 = cuts[49], cuts[89], cuts[98]
+        out[phase] = {
+            "p50": round(p50, 3),
+            "p90": round(p90, 3),
+            "p99": round(p99, 3),
+            "n": len(values),
+        }
+    return out

@@ -1,0 +1,149 @@
+"""The sandbox-driver interface every isolation tier implements.
+
+``Driver.prepare()`` makes a function-less shell; ``Shell.load()`` turns it into an
+``Instance`` of one function; the instance serves ``invoke`` until ``stop``. Pause/resume
+freeze an idle instance. Failures surface as the exceptions below, which the gateway maps
+to HTTP status codes.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from nfaas.core.spec import FunctionSpec
+
+
+class SandboxError(Exception):
+    """Base of everything a sandbox can fail with."""
+
+
+class WorkerDied(SandboxError):
+    """The instance went away while a request was in flight (502)."""
+
+
+class InvokeTimeout(SandboxError):
+    """The handler ran past the function's timeout (504)."""
+
+
+class LoadFailed(SandboxError):
+    """The function's code could not be loaded into the shell."""
+
+
+class HandlerError(SandboxError):
+    """The handler raised; carries the exception type and message (500)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class CodeBundle:
+    """A function's code, unpacked read-only on the node."""
+
+    sha256: str
+    code_dir: str
+    deps_dir: str = ""
+
+
+@dataclass
+class LoadTimings:
+    """Monotonic timestamps (seconds) of the phases of turning a shell into an instance."""
+
+    spawned: float = 0.0
+    loaded: float = 0.0
+
+
+@dataclass(frozen=True)
+class InstanceHooks:
+    """How an instance reports back: each line it logs, and (once) that it has gone."""
+
+    on_log: Callable[[str], None]
+    on_exit: Callable[[str], None]
+
+
+@dataclass
+class InstanceStats:
+    pid: int
+    rss: int
+    pss: int
+    uss: int
+    cpu_seconds: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Instance(abc.ABC):
+    id: str
+    pid: int
+
+    @abc.abstractmethod
+    async def invoke(self, request: Request, timeout: float) -> Response: ...
+
+    @abc.abstractmethod
+    async def pause(self) -> None: ...
+
+    @abc.abstractmethod
+    async def resume(self) -> None: ...
+
+    @abc.abstractmethod
+    async def stop(self) -> None: ...
+
+    @abc.abstractmethod
+    def stats(self) -> InstanceStats: ...
+
+    @property
+    @abc.abstractmethod
+    def alive(self) -> bool: ...
+
+
+class Shell(abc.ABC):
+    id: str
+
+    @abc.abstractmethod
+    async def load(
+        self,
+        spec: FunctionSpec,
+        namespace: str,
+        bundle: CodeBundle,
+        timings: LoadTimings,
+        hooks: InstanceHooks,
+    ) -> Instance:
+        """Load the function into this shell; the shell is consumed either way."""
+
+    @abc.abstractmethod
+    async def discard(self) -> None: ...
+
+
+class Driver(abc.ABC):
+    name: str
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def prepare(self) -> Shell: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    def info(self) -> dict[str, object]:
+        return {"driver": self.name}

@@ -1,0 +1,368 @@
+"""Process sandbox: instances are processes forked from a warm zygote.
+
+Each instance gets its own working directory, rlimits from the function's limits and its own
+unprivileged uid; it talks to the node over a Unix socketpair with the framed protocol, and its
+stdout/stderr go to a pipe the node reads as the function's log.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import itertools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from nfaas.core.spec import FunctionSpec
+from nfaas.sandbox.base import (
+    CodeBundle,
+    Driver,
+    HandlerError,
+    Instance,
+    InstanceHooks,
+    InstanceStats,
+    InvokeTimeout,
+    LoadFailed,
+    LoadTimings,
+    Request,
+    Response,
+    SandboxError,
+    Shell,
+    WorkerDied,
+)
+from nfaas.sandbox.procstats import read_stats
+from nfaas.sandbox.stream import LineReader, WorkerStream
+from nfaas.sandbox.uids import UidPool
+from nfaas.worker.protocol import HEADER, Error, Invoke, Load, Loaded, Result
+
+LOAD_TIMEOUT = 30.0
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(dict[str, Any])
+
+
+def describe_exit(status: int) -> str:
+    if status < 0:
+        try:
+            return f"killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"killed by signal {-status}"
+    return f"exited with status {status}"
+
+
+def rlimits_for(spec: FunctionSpec) -> dict[str, int]:
+    limits = spec.limits
+    return {
+        "memory": limits.memory,
+        "cpu_time": max(1, int(limits.cpu_time)),
+        "open_files": limits.open_files,
+        "processes": limits.processes,
+        "core": 0,
+    }
+
+
+class ProcessInstance(Instance):
+    def __init__(
+        self,
+        instance_id: str,
+        pid: int,
+        stream: WorkerStream,
+        workdir: Path,
+        driver: ProcessDriver,
+    ) -> None:
+        self.id = instance_id
+        self.pid = pid
+        self._stream = stream
+        self._workdir = workdir
+        self._driver = driver
+        self._stopped = False
+
+    @property
+    def alive(self) -> bool:
+        return not self._stream.closed
+
+    async def invoke(self, request: Request, timeout: float) -> Response:
+        stream = self._stream
+        request_id = stream.next_id()
+        fut = stream.request(
+            Invoke(
+                request_id,
+                request.method,
+                request.path,
+                request.query,
+                request.headers,
+                request.body,
+            )
+        )
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(timeout, _expire, fut)
+        try:
+            reply = await fut
+        except asyncio.CancelledError:
+            stream.forget(request_id)
+            raise
+        finally:
+            timer.cancel()
+        if isinstance(reply, Result):
+            return Response(reply.status, reply.headers, reply.body)
+        if isinstance(reply, Error):
+            raise HandlerError(reply.kind, reply.message)
+        raise WorkerDied(f"unexpected reply {type(reply).__name__}")
+
+    async def pause(self) -> None:
+        self._signal(signal.SIGSTOP)
+
+    async def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._signal(signal.SIGKILL)
+        self._stream.close()
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+    def stats(self) -> InstanceStats:
+        return read_stats(self.pid)
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(InvokeTimeout("handler exceeded its timeout"))
+
+
+class ProcessShell(Shell):
+    def __init__(
+        self, shell_id: str, pid: int, sock: socket.socket, log_fd: int, driver: ProcessDriver
+    ) -> None:
+        self.id = shell_id
+        self.pid = pid
+        self._sock = sock
+        self._log_fd = log_fd
+        self._driver = driver
+
+    async def load(
+        self,
+        spec: FunctionSpec,
+        namespace: str,
+        bundle: CodeBundle,
+        timings: LoadTimings,
+        hooks: InstanceHooks,
+    ) -> Instance:
+        driver = self._driver
+        loop = asyncio.get_running_loop()
+        uid = driver.uids.take()
+        workdir = driver.instances_dir / self.id
+        workdir.mkdir(mode=0o700)
+        if uid >= 0:
+            os.chown(workdir, uid, uid)
+        driver.track(
+            self.pid, uid, lambda status: hooks.on_log(f"[nfaas] instance {describe_exit(status)}")
+        )
+        _, stream = await loop.create_unix_connection(
+            lambda: WorkerStream(hooks.on_exit), sock=self._sock
+        )
+        await loop.connect_read_pipe(
+            lambda: LineReader(hooks.on_log), os.fdopen(self._log_fd, "rb", 0)
+        )
+        instance = ProcessInstance(self.id, self.pid, stream, workdir, driver)
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(workdir),
+            "LANG": "C.UTF-8",
+            **spec.env,
+            "NFAAS_FUNCTION": spec.name,
+            "NFAAS_NAMESPACE": namespace,
+            "NFAAS_INSTANCE": self.id,
+        }
+        load = Load(
+            id=stream.next_id(),
+            code_dir=bundle.code_dir,
+            function_name=spec.name,
+            namespace=namespace,
+            instance_id=self.id,
+            workdir=str(workdir),
+            env=env,
+            uid=uid,
+            gid=uid,
+            rlimits=rlimits_for(spec),
+            concurrency=spec.scale.target_concurrency,
+            deps_dir=bundle.deps_dir,
+        )
+        try:
+            reply = await asyncio.wait_for(stream.request(load), LOAD_TIMEOUT)
+        except (TimeoutError, SandboxError) as exc:
+            await instance.stop()
+            raise LoadFailed(f"worker did not load: {exc or 'timeout'}") from None
+        timings.loaded = time.monotonic()
+        if not isinstance(reply, Loaded) or not reply.ok:
+            await instance.stop()
+            raise LoadFailed(reply.error if isinstance(reply, Loaded) else "unexpected reply")
+        return instance
+
+    async def discard(self) -> None:
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._sock.close()
+        os.close(self._log_fd)
+
+
+class ProcessDriver(Driver):
+    """Forks shells from one zygote process started at ``start()``."""
+
+    name = "process"
+
+    def __init__(self, data_dir: Path) -> None:
+        self.instances_dir = data_dir / "instances"
+        self.uids = UidPool()
+        self._ids = itertools.count(1)
+        self._boot = f"{int(time.time()):x}"
+        self._control: socket.socket | None = None
+        self._zygote: subprocess.Popen[bytes] | None = None
+        self._forks: dict[str, asyncio.Future[int]] = {}
+        self._exit_watch: dict[int, Callable[[int], None]] = {}
+        self._uid_of: dict[int, int] = {}
+        self._buffer = b""
+        self.zygote_pid = 0
+
+    async def start(self) -> None:
+        shutil.rmtree(self.instances_dir, ignore_errors=True)
+        self.instances_dir.mkdir(parents=True, mode=0o711)
+        self.instances_dir.chmod(0o711)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._zygote = subprocess.Popen(
+            [sys.executable, "-m", "nfaas.worker.zygote", str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        ours.setblocking(False)
+        self._control = ours
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[int] = loop.create_future()
+        self._forks["ready"] = ready
+        loop.add_reader(ours.fileno(), self._on_control_readable)
+        self.zygote_pid = await asyncio.wait_for(ready, 30)
+
+    def _on_control_readable(self) -> None:
+        assert self._control is not None
+        try:
+            data = self._control.recv(65536)
+        except BlockingIOError:
+            return
+        if not data:
+            self._zygote_lost()
+            return
+        self._buffer += data
+        while len(self._buffer) >= 4:
+            (length,) = HEADER.unpack_from(self._buffer)
+            if len(self._buffer) < 4 + length:
+                break
+            message = _decoder.decode(self._buffer[4 : 4 + length])
+            self._buffer = self._buffer[4 + length :]
+            self._on_control_message(message)
+
+    def _on_control_message(self, message: dict[str, Any]) -> None:
+        op = message.get("op")
+        if op == "ready":
+            fut = self._forks.pop("ready", None)
+        elif op == "forked":
+            fut = self._forks.pop(message["shell"], None)
+        elif op == "exited":
+            pid, status = message["pid"], message["status"]
+            self.uids.give_back(self._uid_of.pop(pid, -1))
+            watcher = self._exit_watch.pop(pid, None)
+            if watcher is not None:
+                watcher(status)
+            return
+        else:
+            return
+        if fut is not None and not fut.done():
+            fut.set_result(message["pid"])
+
+    def _zygote_lost(self) -> None:
+        if self._control is not None:
+            asyncio.get_running_loop().remove_reader(self._control.fileno())
+        for fut in self._forks.values():
+            if not fut.done():
+                fut.set_exception(SandboxError("zygote exited"))
+        self._forks.clear()
+
+    def track(self, pid: int, uid: int, on_status: Callable[[int], None]) -> None:
+        """Hand ``uid`` back and report the exit status once the zygote has reaped ``pid``."""
+        self._exit_watch[pid] = on_status
+        self._uid_of[pid] = uid
+
+    async def _send_with_fds(self, data: bytes, fds: list[int]) -> None:
+        assert self._control is not None
+        control = self._control
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                control.sendmsg([data], ancillary)
+                return
+            except BlockingIOError:
+                writable: asyncio.Future[None] = loop.create_future()
+                loop.add_writer(control.fileno(), writable.set_result, None)
+                try:
+                    await writable
+                finally:
+                    loop.remove_writer(control.fileno())
+
+    async def prepare(self) -> Shell:
+        if self._control is None:
+            raise SandboxError("process driver not started")
+        shell_id = f"p{self._boot}-{next(self._ids)}"
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        log_r, log_w = os.pipe()
+        payload = _encoder.encode({"op": "fork", "shell": shell_id})
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._forks[shell_id] = fut
+        try:
+            await self._send_with_fds(HEADER.pack(len(payload)) + payload, [theirs.fileno(), log_w])
+        finally:
+            theirs.close()
+            os.close(log_w)
+        pid = await fut
+        return ProcessShell(shell_id, pid, ours, log_r, self)
+
+    async def close(self) -> None:
+        for pid in list(self._exit_watch):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self._control is not None:
+            asyncio.get_running_loop().remove_reader(self._control.fileno())
+            self._control.close()
+            self._control = None
+        if self._zygote is not None:
+            self._zygote.terminate()
+            await asyncio.to_thread(self._zygote.wait, 10)
+            self._zygote = None
+
+    def info(self) -> dict[str, object]:
+        return {
+            "driver": self.name,
+            "zygote_pid": self.zygote_pid,
+            "uid_isolation": self.uids.enabled,
+        }

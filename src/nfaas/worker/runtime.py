@@ -1,0 +1,163 @@
+"""The worker: a function-less shell until a Load frame arrives, then an instance of one function.
+
+Runs in a process forked from the zygote. Reads frames from its stream socket, answers
+Load with Loaded, Invoke with Result or Error, Ping with Pong. Handlers run inline when the
+instance serves one request at a time, on a small thread pool otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import resource
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NoReturn
+
+from nfaas.worker.handler_io import Context, make_event, to_response
+from nfaas.worker.protocol import (
+    Error,
+    FrameBuffer,
+    Invoke,
+    Load,
+    Loaded,
+    Message,
+    Ping,
+    Pong,
+    Result,
+    encode,
+)
+
+_RLIMITS = {
+    "cpu_time": resource.RLIMIT_CPU,
+    "open_files": resource.RLIMIT_NOFILE,
+    "processes": resource.RLIMIT_NPROC,
+    "core": resource.RLIMIT_CORE,
+}
+THREAD_STACK = 512 * 1024
+
+
+def _vm_data() -> int:
+    """Bytes of private data the process already has (inherited from the zygote)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmData:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def apply_limits(rlimits: dict[str, int]) -> None:
+    """Set rlimits; ``memory`` is counted on top of the runtime already mapped."""
+    for key, value in rlimits.items():
+        if key == "memory":
+            limit = _vm_data() + value
+            resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+        elif key == "cpu_time":
+            resource.setrlimit(resource.RLIMIT_CPU, (value, value + 5))
+        else:
+            resource.setrlimit(_RLIMITS[key], (value, value))
+
+
+def drop_privileges(uid: int, gid: int) -> None:
+    if uid < 0 or os.getuid() != 0:
+        return
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+
+
+def import_handler(code_dir: str, deps_dir: str) -> Callable[[Any, Any], Any]:
+    for path in (deps_dir, code_dir):
+        if path:
+            sys.path.insert(0, path)
+    spec = importlib.util.spec_from_file_location("handler", os.path.join(code_dir, "handler.py"))
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load handler.py from {code_dir}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["handler"] = module
+    spec.loader.exec_module(module)
+    handle = getattr(module, "handle", None)
+    if not callable(handle):
+        raise AttributeError("handler.py does not define a callable handle(event, context)")
+    return handle  # type: ignore[no-any-return]
+
+
+class Worker:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+        self.handle: Callable[[Any, Any], Any] | None = None
+        self.context: Context | None = None
+        self.pool: ThreadPoolExecutor | None = None
+
+    def send(self, message: Message) -> None:
+        data = encode(message)
+        with self.lock:
+            self.sock.sendall(data)
+
+    def load(self, msg: Load) -> Loaded:
+        started = time.perf_counter()
+        try:
+            os.chdir(msg.workdir)
+            apply_limits(msg.rlimits)
+            drop_privileges(msg.uid, msg.gid)
+            os.environ.clear()
+            os.environ.update(msg.env)
+            self.context = Context(msg.function_name, msg.namespace, msg.instance_id, dict(msg.env))
+            self.handle = import_handler(msg.code_dir, msg.deps_dir)
+        except BaseException as exc:  # a broken handler must not take the shell down silently
+            traceback.print_exc()
+            sys.stderr.flush()
+            return Loaded(msg.id, False, f"{type(exc).__name__}: {exc}")
+        if msg.concurrency > 1:
+            threading.stack_size(THREAD_STACK)
+            self.pool = ThreadPoolExecutor(max_workers=msg.concurrency)
+        return Loaded(msg.id, True, "", time.perf_counter() - started)
+
+    def invoke(self, msg: Invoke) -> None:
+        assert self.handle is not None
+        try:
+            event = make_event(msg.method, msg.path, msg.query, msg.headers, msg.body)
+            status, headers, body = to_response(self.handle(event, self.context))
+            reply: Message = Result(msg.id, status, headers, body)
+        except BaseException as exc:
+            traceback.print_exc()
+            reply = Error(msg.id, type(exc).__name__, str(exc))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.send(reply)
+
+    def dispatch(self, msg: Message) -> None:
+        if isinstance(msg, Invoke):
+            if self.handle is None:
+                self.send(Error(msg.id, "NotLoaded", "no function loaded in this shell"))
+            elif self.pool is not None:
+                self.pool.submit(self.invoke, msg)
+            else:
+                self.invoke(msg)
+        elif isinstance(msg, Load):
+            self.send(self.load(msg))
+        elif isinstance(msg, Ping):
+            self.send(Pong(msg.id))
+
+    def serve(self) -> NoReturn:
+        frames = FrameBuffer()
+        recv = self.sock.recv
+        while True:
+            data = recv(1 << 18)
+            if not data:
+                os._exit(0)
+            for msg in frames.feed(data):
+                self.dispatch(msg)
+
+
+def serve(sock: socket.socket) -> NoReturn:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    sys.dont_write_bytecode = True
+    Worker(sock).serve()
