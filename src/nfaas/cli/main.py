@@ -63,6 +63,9 @@ def up(
     exercise: bool = typer.Option(
         False, "--exercise", help="Invoke each deployed function with its sample."
     ),
+    shell_pool: int = typer.Option(
+        2, "--shell-pool", help="Prepared shells kept ready per isolation tier."
+    ),
 ) -> None:
     """Run the platform in the foreground: gateway, controller and node agent."""
     import uvicorn
@@ -71,7 +74,7 @@ def up(
     from nfaas.control.platform import Platform, PlatformConfig
 
     try:
-        platform = Platform(PlatformConfig(data_dir=data))
+        platform = Platform(PlatformConfig(data_dir=data, shell_pool=shell_pool))
     except RuntimeError as exc:
         fail(str(exc))
     asgi = create_app(platform)

@@ -43,6 +43,7 @@ class PlatformConfig:
     queue_limit: int = 1024
     stable_window: float = 60.0
     panic_window: float = 6.0
+    shell_pool: int = 2
 
 
 def check_reachable(data_dir: Path) -> None:
@@ -69,7 +70,7 @@ class Platform:
         self.tokens = TokenStore(self.registry)
         self.bundles = BundleStore(data)
         self.cold_start_listeners: list[Callable[[FunctionKey, ColdStart], None]] = []
-        self.agent = NodeAgent(data, self._cold_start, config.queue_limit)
+        self.agent = NodeAgent(data, self._cold_start, config.queue_limit, config.shell_pool)
         self.scalers: dict[FunctionKey, Kpa] = {}
         self.started_at = time.time()
         self._loop_task: asyncio.Task[None] | None = None
@@ -113,10 +114,15 @@ class Platform:
             for key, pool in list(self.agent.pools.items()):
                 scale = pool.spec.scale
                 kpa = self.scalers.setdefault(key, self._new_kpa())
-                kpa.record(now, pool.concurrency())
+                demand = pool.concurrency()
+                kpa.record(now, demand)
                 want = kpa.desired(
                     now, len(pool.slots), scale.target_concurrency, scale.min, scale.max
                 )
+                # Scale out only while there is demand now: an idle function is left to the
+                # keep-alive policy, so the two never fight over an instance.
+                if demand == 0:
+                    want = scale.min
                 while pool.live() < want and pool.start_instance("autoscaler"):
                     pass
                 await pool.stop_idle(scale.idle_timeout, keep=scale.min)
@@ -214,7 +220,10 @@ class Platform:
             "started_at": self.started_at,
             "functions": len(self.agent.pools),
             "instances": sum(len(p.slots) for p in self.agent.pools.values()),
-            "drivers": [driver.info() for driver in self.agent.drivers.values()],
+            "drivers": [
+                {**driver.info(), "shell_pool": self.agent.shells[name].info()}
+                for name, driver in self.agent.drivers.items()
+            ],
         }
 
 

@@ -6,6 +6,7 @@ at it: the manifest loader turns a path into a file and line, the API into a fie
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -87,8 +88,8 @@ def _positive(path: tuple[str, ...], value: object, parse: Callable[[object], An
         parsed = parse(value)
     except ValueError as exc:
         raise SpecError(path, str(exc)) from None
-    if parsed <= 0:
-        raise SpecError(path, f"must be greater than zero, got {value!r}")
+    if not math.isfinite(parsed) or parsed <= 0:
+        raise SpecError(path, f"must be a finite number greater than zero, got {value!r}")
     return parsed
 
 

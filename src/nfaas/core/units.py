@@ -35,7 +35,10 @@ def parse_size(value: object) -> int:
             unit = match.group(2)
             if unit and unit[0].islower():
                 unit = unit[0].upper() + unit[1:]
-            return int(float(match.group(1)) * _SIZE_FACTORS[unit])
+            number = float(match.group(1)) * _SIZE_FACTORS[unit]
+            if number > 1 << 62:
+                raise ValueError(f"size {value!r} is too large")
+            return int(number)
     raise ValueError(f"expected a size such as 128Mi or 1000000, got {value!r}")
 
 

@@ -10,6 +10,7 @@ from nfaas.core.spec import FunctionSpec
 from nfaas.node.coldstart import ColdStart
 from nfaas.node.logs import FunctionKey, LogBook
 from nfaas.node.pool import FunctionPool
+from nfaas.node.shells import ShellPool
 from nfaas.sandbox.base import CodeBundle, Driver, Request, Response
 from nfaas.sandbox.process import ProcessDriver
 
@@ -24,8 +25,10 @@ class NodeAgent:
         data_dir: Path,
         on_cold_start: Callable[[FunctionKey, ColdStart], None] = lambda key, rec: None,
         queue_limit: int = 1024,
+        shell_pool: int = 2,
     ) -> None:
         self.drivers: dict[str, Driver] = {"process": ProcessDriver(data_dir)}
+        self.shells = {name: ShellPool(d, shell_pool) for name, d in self.drivers.items()}
         self.logs = LogBook(data_dir / "logs")
         self.pools: dict[FunctionKey, FunctionPool] = {}
         self.on_cold_start = on_cold_start
@@ -35,6 +38,8 @@ class NodeAgent:
     async def start(self) -> None:
         for driver in self.drivers.values():
             await driver.start()
+        for shells in self.shells.values():
+            shells.refill()
 
     async def deploy(self, key: FunctionKey, spec: FunctionSpec, bundle: CodeBundle) -> None:
         pool = self.pools.get(key)
@@ -45,7 +50,7 @@ class NodeAgent:
             key,
             spec,
             bundle,
-            self.drivers[spec.isolation],
+            self.shells[spec.isolation],
             self.logs,
             self.on_cold_start,
             self.queue_limit,
@@ -72,6 +77,8 @@ class NodeAgent:
         for pool in list(self.pools.values()):
             await pool.close()
         self.pools.clear()
+        for shells in self.shells.values():
+            await shells.close()
         for driver in self.drivers.values():
             await driver.close()
         self.logs.close()

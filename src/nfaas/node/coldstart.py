@@ -10,11 +10,15 @@ PHASES = ("scheduled", "spawned", "loaded", "ready", "first_response")
 
 @dataclass
 class ColdStart:
-    """Monotonic timestamps in seconds; ``accepted`` is when the triggering request arrived."""
+    """Monotonic timestamps in seconds; ``accepted`` is when the triggering request arrived.
+
+    ``spawned`` marks the shell acquired: taken from the prepared pool, or forked on demand.
+    """
 
     instance_id: str
     trigger: str
     accepted: float
+    shell: str = ""  # "prepared" (taken from the shell pool) or "fresh" (made on demand)
     scheduled: float = 0.0
     spawned: float = 0.0
     loaded: float = 0.0

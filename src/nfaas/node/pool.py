@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from nfaas.core.spec import FunctionSpec
 from nfaas.node.coldstart import ColdStart
 from nfaas.node.logs import FunctionKey, LogBook
+from nfaas.node.shells import ShellPool
 from nfaas.sandbox.base import (
     CodeBundle,
-    Driver,
     Instance,
     InstanceHooks,
     InvokeTimeout,
@@ -71,7 +71,7 @@ class FunctionPool:
         key: FunctionKey,
         spec: FunctionSpec,
         bundle: CodeBundle,
-        driver: Driver,
+        shells: ShellPool,
         logs: LogBook,
         on_cold_start: Callable[[FunctionKey, ColdStart], None],
         queue_limit: int = 1024,
@@ -79,7 +79,7 @@ class FunctionPool:
         self.key = key
         self.spec = spec
         self.bundle = bundle
-        self.driver = driver
+        self.shells = shells
         self.logs = logs
         self.on_cold_start = on_cold_start
         self.queue_limit = queue_limit
@@ -205,8 +205,9 @@ class FunctionPool:
         record = ColdStart(instance_id="", trigger=trigger, accepted=accepted or now, scheduled=now)
         spec, bundle = self.spec, self.bundle
         try:
-            shell = await self.driver.prepare()
+            shell, prepared = await self.shells.acquire()
             record.instance_id = shell.id
+            record.shell = "prepared" if prepared else "fresh"
             record.spawned = time.monotonic()
             holder: list[Slot] = []
             hooks = InstanceHooks(

@@ -132,6 +132,10 @@ class Shell(abc.ABC):
     @abc.abstractmethod
     async def discard(self) -> None: ...
 
+    @property
+    @abc.abstractmethod
+    def alive(self) -> bool: ...
+
 
 class Driver(abc.ABC):
     name: str

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import itertools
 import os
 import shutil
@@ -125,10 +126,8 @@ class ProcessInstance(Instance):
         self._signal(signal.SIGCONT)
 
     def _signal(self, sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, sig)
-        except ProcessLookupError:
-            pass
 
     async def stop(self) -> None:
         if self._stopped:
@@ -148,14 +147,33 @@ def _expire(fut: asyncio.Future[Any]) -> None:
 
 
 class ProcessShell(Shell):
-    def __init__(
-        self, shell_id: str, pid: int, sock: socket.socket, log_fd: int, driver: ProcessDriver
-    ) -> None:
+    """A forked, function-less worker whose stream and log pipe are already connected."""
+
+    def __init__(self, shell_id: str, pid: int, driver: ProcessDriver) -> None:
         self.id = shell_id
         self.pid = pid
-        self._sock = sock
-        self._log_fd = log_fd
         self._driver = driver
+        self._hooks: InstanceHooks | None = None
+        self.stream: WorkerStream | None = None
+
+    async def connect(self, sock: socket.socket, log_fd: int) -> None:
+        loop = asyncio.get_running_loop()
+        _, self.stream = await loop.create_unix_connection(
+            lambda: WorkerStream(self._lost), sock=sock
+        )
+        await loop.connect_read_pipe(lambda: LineReader(self._line), os.fdopen(log_fd, "rb", 0))
+
+    def _lost(self, reason: str) -> None:
+        if self._hooks is not None:
+            self._hooks.on_exit(reason)
+
+    def _line(self, text: str) -> None:
+        if self._hooks is not None:
+            self._hooks.on_log(text)
+
+    @property
+    def alive(self) -> bool:
+        return self.stream is not None and not self.stream.closed
 
     async def load(
         self,
@@ -166,7 +184,10 @@ class ProcessShell(Shell):
         hooks: InstanceHooks,
     ) -> Instance:
         driver = self._driver
-        loop = asyncio.get_running_loop()
+        stream = self.stream
+        if stream is None or stream.closed:
+            raise LoadFailed("shell is gone")
+        self._hooks = hooks
         uid = driver.uids.take()
         workdir = driver.instances_dir / self.id
         workdir.mkdir(mode=0o700)
@@ -174,12 +195,6 @@ class ProcessShell(Shell):
             os.chown(workdir, uid, uid)
         driver.track(
             self.pid, uid, lambda status: hooks.on_log(f"[nfaas] instance {describe_exit(status)}")
-        )
-        _, stream = await loop.create_unix_connection(
-            lambda: WorkerStream(hooks.on_exit), sock=self._sock
-        )
-        await loop.connect_read_pipe(
-            lambda: LineReader(hooks.on_log), os.fdopen(self._log_fd, "rb", 0)
         )
         instance = ProcessInstance(self.id, self.pid, stream, workdir, driver)
         env = {
@@ -217,12 +232,16 @@ class ProcessShell(Shell):
         return instance
 
     async def discard(self) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self._sock.close()
-        os.close(self._log_fd)
+        if self.stream is not None:
+            self.stream.close()
+
+
+def _zygote_env() -> dict[str, str]:
+    """A small environment: every shell starts from it and clearing it is cheap."""
+    keep = ("PATH", "LANG", "PYTHONPATH", "VIRTUAL_ENV")
+    return {k: v for k, v in os.environ.items() if k in keep}
 
 
 class ProcessDriver(Driver):
@@ -252,6 +271,7 @@ class ProcessDriver(Driver):
             [sys.executable, "-m", "nfaas.worker.zygote", str(theirs.fileno())],
             pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL,
+            env=_zygote_env(),
         )
         theirs.close()
         ours.setblocking(False)
@@ -343,14 +363,14 @@ class ProcessDriver(Driver):
             theirs.close()
             os.close(log_w)
         pid = await fut
-        return ProcessShell(shell_id, pid, ours, log_r, self)
+        shell = ProcessShell(shell_id, pid, self)
+        await shell.connect(ours, log_r)
+        return shell
 
     async def close(self) -> None:
         for pid in list(self._exit_watch):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if self._control is not None:
             asyncio.get_running_loop().remove_reader(self._control.fileno())
             self._control.close()

@@ -40,9 +40,11 @@ _RLIMITS = {
     "core": resource.RLIMIT_CORE,
 }
 THREAD_STACK = 512 * 1024
+# Private data the runtime already maps; the zygote measures it once, children inherit it.
+BASE_DATA = 0
 
 
-def _vm_data() -> int:
+def vm_data() -> int:
     """Bytes of private data the process already has (inherited from the zygote)."""
     with open("/proc/self/status") as status:
         for line in status:
@@ -55,7 +57,7 @@ def apply_limits(rlimits: dict[str, int]) -> None:
     """Set rlimits; ``memory`` is counted on top of the runtime already mapped."""
     for key, value in rlimits.items():
         if key == "memory":
-            limit = _vm_data() + value
+            limit = (BASE_DATA or vm_data()) + value
             resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
         elif key == "cpu_time":
             resource.setrlimit(resource.RLIMIT_CPU, (value, value + 5))
@@ -156,8 +158,24 @@ class Worker:
                 self.dispatch(msg)
 
 
+def warm_up() -> None:
+    """Run the load and invoke paths once on dummy data while the shell waits for work.
+
+    After fork every page the interpreter touches is copied on first write; doing that now
+    moves the copying from the cold-start path to shell preparation.
+    """
+    from nfaas.worker import handler_io
+
+    spec = importlib.util.spec_from_file_location("_nfaas_warm", handler_io.__file__)
+    if spec is not None and spec.loader is not None:
+        spec.loader.get_code("_nfaas_warm")  # type: ignore[attr-defined]
+    to_response(make_event("POST", "/", "a=1", [("x", "y")], b"{}").body.decode())
+    encode(Result(0, 200, [], b""))
+
+
 def serve(sock: socket.socket) -> NoReturn:
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     sys.dont_write_bytecode = True
+    warm_up()
     Worker(sock).serve()

@@ -106,6 +106,7 @@ def main(control_fd: int) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     gc.collect()
+    runtime.BASE_DATA = runtime.vm_data() + 8 * 1024**2  # headroom for a child's first pages
     gc.freeze()  # keep the collector from touching (and copying) the zygote's objects after fork
     send(control, {"op": "ready", "pid": os.getpid()})
     while True:

@@ -1,0 +1,68 @@
+"""Prepared shells: function-less sandboxes made ahead of demand (LightVM's split toolstack).
+
+A cold start takes a ready shell and only loads the function into it; the pool refills in
+the background, so preparing is off the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+from nfaas.sandbox.base import Driver, SandboxError, Shell
+
+log = logging.getLogger("nfaas.shells")
+
+
+class ShellPool:
+    def __init__(self, driver: Driver, size: int) -> None:
+        self.driver = driver
+        self.size = size
+        self.ready: deque[Shell] = deque()
+        self.filling = 0
+        self.taken_ready = 0
+        self.taken_fresh = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def acquire(self) -> tuple[Shell, bool]:
+        """A shell, and whether it came prepared from the pool."""
+        while self.ready:
+            shell = self.ready.popleft()
+            if shell.alive:
+                self.taken_ready += 1
+                self.refill()
+                return shell, True
+        self.refill()
+        self.taken_fresh += 1
+        return await self.driver.prepare(), False
+
+    def refill(self) -> None:
+        while len(self.ready) + self.filling < self.size:
+            self.filling += 1
+            task = asyncio.get_running_loop().create_task(self._fill())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _fill(self) -> None:
+        try:
+            self.ready.append(await self.driver.prepare())
+        except (SandboxError, OSError) as exc:
+            log.warning("could not prepare a %s shell: %s", self.driver.name, exc)
+        finally:
+            self.filling -= 1
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        while self.ready:
+            await self.ready.popleft().discard()
+
+    def info(self) -> dict[str, object]:
+        return {
+            "target": self.size,
+            "ready": len(self.ready),
+            "filling": self.filling,
+            "taken_ready": self.taken_ready,
+            "taken_fresh": self.taken_fresh,
+        }
