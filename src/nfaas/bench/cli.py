@@ -17,3 +17,26 @@ def coldstart(
     from nfaas.bench.coldstart import run
 
     run(runs)
+
+
+@bench_app.command("warm")
+def warm(
+    connections: int = typer.Option(32, help="Keep-alive connections wrk holds open."),
+    seconds: int = typer.Option(10, help="Duration of each wrk run."),
+    rounds: int = typer.Option(3, help="Alternating rounds of nfaas and baseline."),
+) -> None:
+    """Warm invocations through the gateway vs the bare HTTP stack, driven by wrk."""
+    from nfaas.bench.warm import run
+
+    run(connections, seconds, rounds)
+
+
+@bench_app.command("density")
+def density(
+    count: int = typer.Option(1000, help="Idle warm instances to start."),
+    baseline_count: int = typer.Option(200, help="Fresh python3 processes for the baseline."),
+) -> None:
+    """Memory per idle instance (USS/PSS) and creation rate vs fresh python3 processes."""
+    from nfaas.bench.density import run
+
+    run(count, baseline_count)

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from nfaas.cli.bundle import pack
+from nfaas.core.bundle import pack
 
 
 def free_port() -> int:

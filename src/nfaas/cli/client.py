@@ -10,7 +10,11 @@ from typing import Any
 import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8080"
-DEFAULT_DATA = Path(os.environ.get("NFAAS_DATA", str(Path.home() / ".local/share/nfaas")))
+# root runs instances under other uids, which cannot reach into /root: use /var/lib then.
+_HOME_DATA = Path.home() / ".local/share/nfaas"
+DEFAULT_DATA = Path(
+    os.environ.get("NFAAS_DATA") or ("/var/lib/nfaas" if os.getuid() == 0 else str(_HOME_DATA))
+)
 
 
 class ApiError(Exception):

@@ -13,8 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nfaas.cli.bundle import pack
 from nfaas.cli.client import DEFAULT_DATA, ApiError, Client
+from nfaas.core.bundle import pack
 from nfaas.core.manifest import ManifestError, load_manifest
 from nfaas.core.spec import spec_to_dict
 
@@ -123,7 +123,7 @@ def _deploy_when_up(
 
 
 def _exercise(api: Client, name: str, handler_dir: Path) -> None:
-    samples = sorted(handler_dir.glob("sample*"))
+    samples: list[Path | None] = [*sorted(handler_dir.glob("sample*"))]
     for sample in samples or [None]:
         body = sample.read_bytes() if sample else b""
         response = api.http.post(f"/function/{name}", content=body)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import msgspec
@@ -167,8 +167,8 @@ SPEC_KEYS = {"runtime", "isolation", "scale", "limits", "env", "labels", "public
 
 
 def validate_spec(
-    name: str, raw: Mapping[str, Any], extra_keys: set[str] = frozenset()
-) -> FunctionSpec:  # type: ignore[assignment]
+    name: str, raw: Mapping[str, Any], extra_keys: Collection[str] = ()
+) -> FunctionSpec:
     """Build a FunctionSpec from a plain mapping; raise SpecError naming the bad key."""
     validate_name(name)
     raw = _mapping((), raw)

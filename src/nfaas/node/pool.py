@@ -210,8 +210,9 @@ class FunctionPool:
             record.shell = "prepared" if prepared else "fresh"
             record.spawned = time.monotonic()
             holder: list[Slot] = []
+            instance_id = shell.id
             hooks = InstanceHooks(
-                on_log=lambda text, iid=shell.id: self._log(iid, text),
+                on_log=lambda text: self._log(instance_id, text),
                 on_exit=lambda reason: self._on_exit(holder, reason),
             )
             timings = LoadTimings(spawned=record.spawned)

@@ -44,9 +44,10 @@ from nfaas.sandbox.base import (
 from nfaas.sandbox.procstats import read_stats
 from nfaas.sandbox.stream import LineReader, WorkerStream
 from nfaas.sandbox.uids import UidPool
-from nfaas.worker.protocol import HEADER, Error, Invoke, Load, Loaded, Result
+from nfaas.worker.protocol import Error, Invoke, Load, Loaded, Result
 
 LOAD_TIMEOUT = 30.0
+FORK_TIMEOUT = 30.0
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(dict[str, Any])
 
@@ -158,9 +159,11 @@ class ProcessShell(Shell):
 
     async def connect(self, sock: socket.socket, log_fd: int) -> None:
         loop = asyncio.get_running_loop()
-        _, self.stream = await loop.create_unix_connection(
+        transport, self.stream = await loop.create_unix_connection(
             lambda: WorkerStream(self._lost), sock=sock
         )
+        if transport.get_extra_info("socket").fileno() != sock.fileno():
+            sock.close()  # uvloop works on a duplicate; ours would leak and hold the stream open
         await loop.connect_read_pipe(lambda: LineReader(self._line), os.fdopen(log_fd, "rb", 0))
 
     def _lost(self, reason: str) -> None:
@@ -238,6 +241,11 @@ class ProcessShell(Shell):
             self.stream.close()
 
 
+def _set_once(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 def _zygote_env() -> dict[str, str]:
     """A small environment: every shell starts from it and clearing it is cheap."""
     keep = ("PATH", "LANG", "PYTHONPATH", "VIRTUAL_ENV")
@@ -259,14 +267,15 @@ class ProcessDriver(Driver):
         self._forks: dict[str, asyncio.Future[int]] = {}
         self._exit_watch: dict[int, Callable[[int], None]] = {}
         self._uid_of: dict[int, int] = {}
-        self._buffer = b""
         self.zygote_pid = 0
+        self._send_lock = asyncio.Lock()
 
     async def start(self) -> None:
         shutil.rmtree(self.instances_dir, ignore_errors=True)
         self.instances_dir.mkdir(parents=True, mode=0o711)
         self.instances_dir.chmod(0o711)
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # SEQPACKET keeps each command and its file descriptors together as one message.
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._zygote = subprocess.Popen(
             [sys.executable, "-m", "nfaas.worker.zygote", str(theirs.fileno())],
             pass_fds=(theirs.fileno(),),
@@ -284,21 +293,15 @@ class ProcessDriver(Driver):
 
     def _on_control_readable(self) -> None:
         assert self._control is not None
-        try:
-            data = self._control.recv(65536)
-        except BlockingIOError:
-            return
-        if not data:
-            self._zygote_lost()
-            return
-        self._buffer += data
-        while len(self._buffer) >= 4:
-            (length,) = HEADER.unpack_from(self._buffer)
-            if len(self._buffer) < 4 + length:
-                break
-            message = _decoder.decode(self._buffer[4 : 4 + length])
-            self._buffer = self._buffer[4 + length :]
-            self._on_control_message(message)
+        while True:
+            try:
+                data = self._control.recv(65536)
+            except BlockingIOError:
+                return
+            if not data:
+                self._zygote_lost()
+                return
+            self._on_control_message(_decoder.decode(data))
 
     def _on_control_message(self, message: dict[str, Any]) -> None:
         op = message.get("op")
@@ -306,6 +309,11 @@ class ProcessDriver(Driver):
             fut = self._forks.pop("ready", None)
         elif op == "forked":
             fut = self._forks.pop(message["shell"], None)
+        elif op == "failed":
+            fut = self._forks.pop(message.get("shell") or "", None)
+            if fut is not None and not fut.done():
+                fut.set_exception(SandboxError(f"zygote could not fork: {message.get('error')}"))
+            return
         elif op == "exited":
             pid, status = message["pid"], message["status"]
             self.uids.give_back(self._uid_of.pop(pid, -1))
@@ -336,17 +344,19 @@ class ProcessDriver(Driver):
         control = self._control
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
         loop = asyncio.get_running_loop()
-        while True:
-            try:
-                control.sendmsg([data], ancillary)
-                return
-            except BlockingIOError:
-                writable: asyncio.Future[None] = loop.create_future()
-                loop.add_writer(control.fileno(), writable.set_result, None)
+        # One sender at a time: the loop keeps a single writer callback per descriptor.
+        async with self._send_lock:
+            while True:
                 try:
-                    await writable
-                finally:
-                    loop.remove_writer(control.fileno())
+                    control.sendmsg([data], ancillary)
+                    return
+                except BlockingIOError:
+                    writable: asyncio.Future[None] = loop.create_future()
+                    loop.add_writer(control.fileno(), _set_once, writable)
+                    try:
+                        await writable
+                    finally:
+                        loop.remove_writer(control.fileno())
 
     async def prepare(self) -> Shell:
         if self._control is None:
@@ -358,11 +368,17 @@ class ProcessDriver(Driver):
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._forks[shell_id] = fut
         try:
-            await self._send_with_fds(HEADER.pack(len(payload)) + payload, [theirs.fileno(), log_w])
+            await self._send_with_fds(payload, [theirs.fileno(), log_w])
         finally:
             theirs.close()
             os.close(log_w)
-        pid = await fut
+        try:
+            pid = await asyncio.wait_for(fut, FORK_TIMEOUT)
+        except TimeoutError:
+            self._forks.pop(shell_id, None)
+            ours.close()
+            os.close(log_r)
+            raise SandboxError("zygote did not fork a shell in time") from None
         shell = ProcessShell(shell_id, pid, self)
         await shell.connect(ours, log_r)
         return shell

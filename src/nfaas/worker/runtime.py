@@ -86,7 +86,7 @@ def import_handler(code_dir: str, deps_dir: str) -> Callable[[Any, Any], Any]:
     handle = getattr(module, "handle", None)
     if not callable(handle):
         raise AttributeError("handler.py does not define a callable handle(event, context)")
-    return handle  # type: ignore[no-any-return]
+    return handle
 
 
 class Worker:

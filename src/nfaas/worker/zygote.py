@@ -1,7 +1,7 @@
 """The zygote: a process that has imported the worker runtime and forks shells on request.
 
 Forking from it (the SOCK idea) skips interpreter start-up and imports on every cold start.
-Control messages arrive on an inherited Unix socket: ``{"op": "fork", "shell": id}`` with two
+Control messages arrive on an inherited Unix SOCK_SEQPACKET socket, one per message: ``{"op": "fork", "shell": id}`` with two
 file descriptors attached (the shell's stream socket and its log pipe). Replies are
 ``{"op": "forked", "shell", "pid"}`` and, when a child ends, ``{"op": "exited", "pid", "status"}``.
 """
@@ -35,9 +35,9 @@ from typing import Any
 import msgspec
 
 from nfaas.worker import runtime
-from nfaas.worker.protocol import HEADER, FrameBuffer  # noqa: F401
 
 PR_SET_PDEATHSIG = 1
+MAX_COMMAND = 65536
 _libc = ctypes.CDLL(None, use_errno=True)
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(dict[str, Any])
@@ -48,25 +48,20 @@ def die_with_parent() -> None:
 
 
 def send(control: socket.socket, message: dict[str, Any]) -> None:
-    payload = _encoder.encode(message)
-    control.sendall(HEADER.pack(len(payload)) + payload)
+    control.send(_encoder.encode(message))
 
 
 def recv_command(control: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
+    """One command per SOCK_SEQPACKET message, its file descriptors attached to it."""
     fds = array.array("i")
-    header, ancdata, _flags, _addr = control.recvmsg(4, socket.CMSG_LEN(2 * fds.itemsize))
-    if not header:
+    payload, ancdata, _flags, _addr = control.recvmsg(
+        MAX_COMMAND, socket.CMSG_SPACE(2 * fds.itemsize)
+    )
+    if not payload:
         return None
     for level, kind, data in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
-    (length,) = HEADER.unpack(header)
-    payload = b""
-    while len(payload) < length:
-        chunk = control.recv(length - len(payload))
-        if not chunk:
-            return None
-        payload += chunk
     return _decoder.decode(payload), list(fds)
 
 
@@ -110,11 +105,11 @@ def main(control_fd: int) -> None:
     gc.freeze()  # keep the collector from touching (and copying) the zygote's objects after fork
     send(control, {"op": "ready", "pid": os.getpid()})
     while True:
-        readable, _, _ = select.select([control, wake_r], [], [])
+        readable, _, _ = select.select([control.fileno(), wake_r], [], [])
         if wake_r in readable:
             os.read(wake_r, 4096)
             reap(control)
-        if control not in readable:
+        if control.fileno() not in readable:
             continue
         received = recv_command(control)
         if received is None:
@@ -123,6 +118,10 @@ def main(control_fd: int) -> None:
         if command.get("op") != "fork" or len(fds) != 2:
             for fd in fds:
                 os.close(fd)
+            send(
+                control,
+                {"op": "failed", "shell": command.get("shell"), "error": "bad fork command"},
+            )
             continue
         pid = os.fork()
         if pid == 0:
