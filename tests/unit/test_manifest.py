@@ -400,9 +400,9 @@ ERROR_CASES = [
     pytest.param("x:\n  <<: 3\n", 2, "x.<<", "merge", id="bad-merge"),
     pytest.param(
         "functions:\n  a:\n    handler: a\n    limits: {memory: " + "9" * 400 + "Mi}\n",
-        2,
-        "functions.a",
-        "invalid value",
+        4,
+        "functions.a.limits.memory",
+        "too large",
         id="overflow",
     ),
 ]

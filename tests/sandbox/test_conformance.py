@@ -1,0 +1,205 @@
+"""One conformance suite for every sandbox driver (the container and microVM tiers join later).
+
+Each test runs a real driver: prepare a shell, load a function into it, invoke it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import tempfile
+import textwrap
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from nfaas.core.spec import validate_spec
+from nfaas.sandbox.base import (
+    CodeBundle,
+    Driver,
+    HandlerError,
+    Instance,
+    InstanceHooks,
+    InvokeTimeout,
+    LoadFailed,
+    LoadTimings,
+    Request,
+    WorkerDied,
+)
+from nfaas.sandbox.process import ProcessDriver
+
+HANDLER = textwrap.dedent(
+    """
+    import os, time
+
+    def handle(event, context):
+        op = event.path.strip("/")
+        if op == "raise":
+            raise ValueError("bad input")
+        if op == "sleep":
+            time.sleep(float(event.body or b"1"))
+        if op == "hog":
+            blob = bytearray(512 * 1024 * 1024)
+            return str(len(blob))
+        if op == "log":
+            print("line from the handler")
+        return {"uid": os.getuid(), "cwd": os.getcwd(), "env": context.env.get("GREETING"),
+                "body": event.body.decode(), "query": event.query}
+    """
+)
+DRIVERS: dict[str, Callable[[Path], Driver]] = {"process": ProcessDriver}
+
+
+@pytest.fixture(params=sorted(DRIVERS))
+def world(request: pytest.FixtureRequest):
+    root = Path(tempfile.mkdtemp(dir="/tmp", prefix="nfaas-conf-"))
+    root.chmod(0o711)
+    code = root / "code"
+    code.mkdir()
+    (code / "handler.py").write_text(HANDLER)
+    (code / "broken").mkdir()
+    (code / "broken" / "handler.py").write_text("import no_such_module\n")
+    for path in [code, *code.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    yield DRIVERS[request.param], root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def run(world, body: Callable[[Driver, Path, list[str], list[str]], Awaitable[None]]) -> None:
+    make, root = world
+
+    async def main() -> None:
+        driver = make(root / "data")
+        (root / "data").mkdir(mode=0o711)
+        await driver.start()
+        logs: list[str] = []
+        exits: list[str] = []
+        try:
+            await body(driver, root, logs, exits)
+        finally:
+            await driver.close()
+
+    asyncio.run(main())
+
+
+async def load(
+    driver: Driver, root: Path, logs: list[str], exits: list[str], sub: str = "", **spec
+) -> Instance:
+    shell = await driver.prepare()
+    raw = {"env": {"GREETING": "hi"}, "limits": {"memory": "64Mi"}, **spec}
+    hooks = InstanceHooks(on_log=logs.append, on_exit=exits.append)
+    code = root / "code" / sub if sub else root / "code"
+    return await shell.load(
+        validate_spec("conf", raw), "tests", CodeBundle("x", str(code)), LoadTimings(), hooks
+    )
+
+
+def req(path: str = "/", body: bytes = b"", query: str = "") -> Request:
+    return Request("POST", path, query, [("X-Test", "1")], body)
+
+
+def test_invoke_returns_the_handlers_answer(world) -> None:
+    async def body(driver, root, logs, exits) -> None:
+        inst = await load(driver, root, logs, exits)
+        response = await inst.invoke(req("/", b"ping", "a=1"), 5)
+        assert response.status == 200
+        data = __import__("json").loads(response.body)
+        assert data["body"] == "ping" and data["query"] == {"a": "1"} and data["env"] == "hi"
+        if os.getuid() == 0:
+            assert data["uid"] != 0
+        assert data["cwd"].startswith(str(root / "data"))
+        assert inst.stats().uss > 0
+        await inst.stop()
+        assert not inst.alive
+
+    run(world, body)
+
+
+def test_handler_exception_is_reported_with_its_type_and_logged(world) -> None:
+    async def body(driver, root, logs, exits) -> None:
+        inst = await load(driver, root, logs, exits)
+        with pytest.raises(HandlerError) as info:
+            await inst.invoke(req("/raise"), 5)
+        assert info.value.kind == "ValueError" and "bad input" in info.value.message
+        await asyncio.sleep(0.1)
+        assert any("Traceback" in line for line in logs)
+        assert (await inst.invoke(req(), 5)).status == 200  # still serving
+        await inst.stop()
+
+    run(world, body)
+
+
+def test_timeout(world) -> None:
+    async def body(driver, root, logs, exits) -> None:
+        inst = await load(driver, root, logs, exits)
+        with pytest.raises(InvokeTimeout):
+            await inst.invoke(req("/sleep", b"5"), 0.3)
+        await inst.stop()
+
+    run(world, body)
+
+
+def test_kill_mid_request_is_worker_died(world) -> None:
+    async def body(driver, root, logs, exits) -> None:
+        inst = await load(driver, root, logs, exits)
+        pending = asyncio.ensure_future(inst.invoke(req("/sleep", b"5"), 10))
+        await asyncio.sleep(0.2)
+        os.kill(inst.pid, signal.SIGKILL)
+        with pytest.raises(WorkerDied):
+            await pending
+        await asyncio.sleep(0.2)
+        assert exits and not inst.alive
+        assert any("SIGKILL" in line for line in logs)
+
+    run(world, body)
+
+
+def test_memory_limit(world) -> None:
+    async def body(driver, root, logs, exits) -> None:
+        inst = await load(driver, root, logs, exits)
+        with pytest.raises(HandlerError) as info:
+            await inst.invoke(req("/hog"), 10)
+        assert info.value.kind == "MemoryError"
+        assert (await inst.invoke(req(), 5)).status == 200
+        await inst.stop()
+
+    run(world, body)
+
+
+def test_load_failure(world) -> None:
+    async def body(driver, root, logs, exits) -> None:
+        with pytest.raises(LoadFailed, match="ModuleNotFoundError"):
+            await load(driver, root, logs, exits, sub="broken")
+
+    run(world, body)
+
+
+def test_pause_holds_requests_until_resume(world) -> None:
+    async def body(driver, root, logs, exits) -> None:
+        inst = await load(driver, root, logs, exits)
+        await inst.pause()
+        pending = asyncio.ensure_future(inst.invoke(req(), 5))
+        await asyncio.sleep(0.3)
+        assert not pending.done()
+        cpu = inst.stats().cpu_seconds
+        await asyncio.sleep(0.3)
+        assert inst.stats().cpu_seconds == cpu  # paused: no CPU
+        await inst.resume()
+        assert (await pending).status == 200
+        await inst.stop()
+
+    run(world, body)
+
+
+def test_log_lines_reach_the_node(world) -> None:
+    async def body(driver, root, logs, exits) -> None:
+        inst = await load(driver, root, logs, exits)
+        await inst.invoke(req("/log"), 5)
+        await asyncio.sleep(0.1)
+        assert "line from the handler" in logs
+        await inst.stop()
+
+    run(world, body)
