@@ -150,12 +150,21 @@ def _expire(fut: asyncio.Future[Any]) -> None:
 class ProcessShell(Shell):
     """A forked, function-less worker whose stream and log pipe are already connected."""
 
-    def __init__(self, shell_id: str, pid: int, driver: ProcessDriver) -> None:
+    def __init__(
+        self, shell_id: str, pid: int, uid: int, workdir: Path, driver: ProcessDriver
+    ) -> None:
         self.id = shell_id
         self.pid = pid
+        self.uid = uid
+        self.workdir = workdir
         self._driver = driver
         self._hooks: InstanceHooks | None = None
         self.stream: WorkerStream | None = None
+        driver.track(pid, uid, self._exit_status)
+
+    def _exit_status(self, status: int) -> None:
+        if self._hooks is not None:
+            self._hooks.on_log(f"[nfaas] instance {describe_exit(status)}")
 
     async def connect(self, sock: socket.socket, log_fd: int) -> None:
         loop = asyncio.get_running_loop()
@@ -191,14 +200,7 @@ class ProcessShell(Shell):
         if stream is None or stream.closed:
             raise LoadFailed("shell is gone")
         self._hooks = hooks
-        uid = driver.uids.take()
-        workdir = driver.instances_dir / self.id
-        workdir.mkdir(mode=0o700)
-        if uid >= 0:
-            os.chown(workdir, uid, uid)
-        driver.track(
-            self.pid, uid, lambda status: hooks.on_log(f"[nfaas] instance {describe_exit(status)}")
-        )
+        uid, workdir = self.uid, self.workdir
         instance = ProcessInstance(self.id, self.pid, stream, workdir, driver)
         env = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -239,6 +241,7 @@ class ProcessShell(Shell):
             os.killpg(self.pid, signal.SIGKILL)
         if self.stream is not None:
             self.stream.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def _set_once(fut: asyncio.Future[None]) -> None:
@@ -362,9 +365,18 @@ class ProcessDriver(Driver):
         if self._control is None:
             raise SandboxError("process driver not started")
         shell_id = f"p{self._boot}-{next(self._ids)}"
+        # The shell gets its own uid and private working directory before it exists, so it
+        # never runs as root and none of this is left for the cold-start path.
+        uid = self.uids.take()
+        workdir = self.instances_dir / shell_id
+        workdir.mkdir(mode=0o700)
+        if uid >= 0:
+            os.chown(workdir, uid, uid)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         log_r, log_w = os.pipe()
-        payload = _encoder.encode({"op": "fork", "shell": shell_id})
+        payload = _encoder.encode(
+            {"op": "fork", "shell": shell_id, "uid": uid, "workdir": str(workdir)}
+        )
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._forks[shell_id] = fut
         try:
@@ -378,8 +390,9 @@ class ProcessDriver(Driver):
             self._forks.pop(shell_id, None)
             ours.close()
             os.close(log_r)
+            self.uids.give_back(uid)
             raise SandboxError("zygote did not fork a shell in time") from None
-        shell = ProcessShell(shell_id, pid, self)
+        shell = ProcessShell(shell_id, pid, uid, workdir, self)
         await shell.connect(ours, log_r)
         return shell
 

@@ -7,6 +7,7 @@ instance serves one request at a time, on a small thread pool otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import resource
@@ -168,7 +169,8 @@ def warm_up() -> None:
 
     spec = importlib.util.spec_from_file_location("_nfaas_warm", handler_io.__file__)
     if spec is not None and spec.loader is not None:
-        spec.loader.get_code("_nfaas_warm")  # type: ignore[attr-defined]
+        with contextlib.suppress(OSError):  # the sources may not be readable by our uid
+            spec.loader.get_code("_nfaas_warm")  # type: ignore[attr-defined]
     to_response(make_event("POST", "/", "a=1", [("x", "y")], b"{}").body.decode())
     encode(Result(0, 200, [], b""))
 

@@ -66,16 +66,23 @@ def recv_command(control: socket.socket) -> tuple[dict[str, Any], list[int]] | N
 
 
 def become_shell(
-    control: socket.socket, wakeup: tuple[int, int], stream_fd: int, log_fd: int
+    control: socket.socket,
+    wakeup: tuple[int, int],
+    command: dict[str, Any],
+    stream_fd: int,
+    log_fd: int,
 ) -> None:
-    """In the child: detach from the zygote's plumbing and serve the stream."""
+    """In the child: detach from the zygote's plumbing, drop to the shell's uid, serve."""
     control.close()
     signal.set_wakeup_fd(-1)
     for fd in wakeup:
         os.close(fd)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.setsid()
-    die_with_parent()
+    os.chdir(command["workdir"])
+    uid = int(command.get("uid", -1))
+    runtime.drop_privileges(uid, uid)
+    die_with_parent()  # after the uid change, which clears the parent-death signal
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     os.close(log_fd)
@@ -126,7 +133,7 @@ def main(control_fd: int) -> None:
         pid = os.fork()
         if pid == 0:
             try:
-                become_shell(control, (wake_r, wake_w), fds[0], fds[1])
+                become_shell(control, (wake_r, wake_w), command, fds[0], fds[1])
             finally:
                 os._exit(70)
         for fd in fds:
