@@ -28,6 +28,16 @@ def wait_for_zero(platform: PlatformProcess, name: str) -> None:
     raise RuntimeError(f"{name} did not scale to zero")
 
 
+def wait_for_quiet(platform: PlatformProcess) -> None:
+    """Until the shell pool is refilled and the stopped instance is gone: an idle node."""
+    for _ in range(400):
+        pool = platform.api.get("/system/info").json()["drivers"][0]["shell_pool"]
+        if pool["ready"] >= pool["target"] and pool["filling"] == 0:
+            break
+        time.sleep(0.005)
+    time.sleep(0.02)
+
+
 def measure_nfaas(
     platform: PlatformProcess, name: str, runs: int
 ) -> tuple[list[float], list[dict[str, float]]]:
@@ -37,6 +47,7 @@ def measure_nfaas(
         for _ in range(runs):
             platform.scale(name, 0)
             wait_for_zero(platform, name)
+            wait_for_quiet(platform)
             started = time.perf_counter()
             response = client.post(f"/function/{name}", content=b"bench")
             elapsed = time.perf_counter() - started

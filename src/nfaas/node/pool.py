@@ -28,7 +28,6 @@ from nfaas.sandbox.base import (
     LoadTimings,
     Request,
     Response,
-    SandboxError,
     WorkerDied,
 )
 
@@ -218,7 +217,8 @@ class FunctionPool:
             timings = LoadTimings(spawned=record.spawned)
             instance = await shell.load(spec, self.key[0], bundle, timings, hooks)
             record.loaded = timings.loaded or time.monotonic()
-        except (SandboxError, OSError) as exc:
+        except Exception as exc:
+            self.shells.refill()
             self.starting -= 1
             record.error = str(exc)
             self._note_failure(str(exc), isinstance(exc, LoadFailed))
@@ -228,12 +228,15 @@ class FunctionPool:
         slot = Slot(instance=instance, started=time.monotonic(), record=record)
         holder.append(slot)
         if self.closed or spec is not self.spec or not instance.alive:
+            self.shells.refill()
             await instance.stop()
             self._wake_waiters_after_loss()
             return
         record.ready = time.monotonic()
         self.slots.insert(0, slot)
         self._hand_over(slot)
+        if trigger != "request" or not slot.inflight:
+            self.shells.refill()  # a request's cold start refills after its first response
 
     def _note_failure(self, error: str, is_load_error: bool) -> None:
         self.failures += 1
@@ -300,6 +303,7 @@ class FunctionPool:
             await self.stop_idle(0.0, replicas)
 
     def _finish_record(self, record: ColdStart) -> None:
+        self.shells.refill()
         self.records.append(record)
         self.on_cold_start(self.key, record)
 

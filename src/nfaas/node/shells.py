@@ -26,14 +26,16 @@ class ShellPool:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def acquire(self) -> tuple[Shell, bool]:
-        """A shell, and whether it came prepared from the pool."""
+        """A shell, and whether it came prepared from the pool.
+
+        The caller calls ``refill()`` once its cold start is over: preparing the next shell
+        while this one loads would compete with it for the CPU.
+        """
         while self.ready:
             shell = self.ready.popleft()
             if shell.alive:
                 self.taken_ready += 1
-                self.refill()
                 return shell, True
-        self.refill()
         self.taken_fresh += 1
         return await self.driver.prepare(), False
 
