@@ -37,7 +37,7 @@ class ShellPool:
                 self.taken_ready += 1
                 return shell, True
         self.taken_fresh += 1
-        return await self.driver.prepare(), False
+        return await self.driver.prepare(ahead=False), False
 
     def refill(self) -> None:
         while len(self.ready) + self.filling < self.size:
@@ -48,7 +48,7 @@ class ShellPool:
 
     async def _fill(self) -> None:
         try:
-            self.ready.append(await self.driver.prepare())
+            self.ready.append(await self.driver.prepare(ahead=True))
         except (SandboxError, OSError) as exc:
             log.warning("could not prepare a %s shell: %s", self.driver.name, exc)
         finally:

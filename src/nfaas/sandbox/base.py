@@ -144,7 +144,9 @@ class Driver(abc.ABC):
     async def start(self) -> None: ...
 
     @abc.abstractmethod
-    async def prepare(self) -> Shell: ...
+    async def prepare(self, ahead: bool = True) -> Shell:
+        """A function-less shell. ``ahead``: made for the pool, so it may spend time warming
+        up; otherwise a request is waiting for it and it should be ready as soon as it can."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...

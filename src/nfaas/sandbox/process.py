@@ -361,7 +361,7 @@ class ProcessDriver(Driver):
                     finally:
                         loop.remove_writer(control.fileno())
 
-    async def prepare(self) -> Shell:
+    async def prepare(self, ahead: bool = True) -> Shell:
         if self._control is None:
             raise SandboxError("process driver not started")
         shell_id = f"p{self._boot}-{next(self._ids)}"
@@ -375,7 +375,7 @@ class ProcessDriver(Driver):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         log_r, log_w = os.pipe()
         payload = _encoder.encode(
-            {"op": "fork", "shell": shell_id, "uid": uid, "workdir": str(workdir)}
+            {"op": "fork", "shell": shell_id, "uid": uid, "workdir": str(workdir), "ahead": ahead}
         )
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._forks[shell_id] = fut

@@ -176,9 +176,11 @@ def warm_up() -> None:
     encode(Result(0, 200, [], b""))
 
 
-def serve(sock: socket.socket) -> NoReturn:
+def serve(sock: socket.socket, ahead: bool) -> NoReturn:
+    """Serve the stream; a shell prepared ``ahead`` of demand warms up first."""
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     sys.dont_write_bytecode = True
-    warm_up()
+    if ahead:
+        warm_up()
     Worker(sock).serve()

@@ -86,7 +86,7 @@ def become_shell(
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     os.close(log_fd)
-    runtime.serve(socket.socket(fileno=stream_fd))
+    runtime.serve(socket.socket(fileno=stream_fd), bool(command.get("ahead", True)))
 
 
 def reap(control: socket.socket) -> None:
