@@ -50,6 +50,34 @@ async def _plain(send: Send, status: int, text: str, extra: list[tuple[bytes, by
     await send({"type": "http.response.body", "body": body})
 
 
+# Framing is the gateway's business, not the function's.
+HOP_BY_HOP = {"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade"}
+_TOKEN_CHARS = frozenset(
+    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+
+
+def checked_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]] | None:
+    """The function's response headers as bytes, or None if any is not valid HTTP."""
+    out = []
+    for name, value in headers:
+        if name.lower() in HOP_BY_HOP:
+            continue
+        try:
+            raw_name, raw_value = name.encode("ascii"), value.encode("latin-1")
+        except UnicodeEncodeError:
+            return None
+        if (
+            not raw_name
+            or not set(raw_name) <= _TOKEN_CHARS
+            or b"\r" in raw_value
+            or b"\n" in raw_value
+        ):
+            return None
+        out.append((raw_name.lower(), raw_value))
+    return out
+
+
 class Gateway:
     def __init__(self, platform: Platform, metrics: Metrics) -> None:
         self.platform = platform
@@ -99,6 +127,8 @@ class Gateway:
         for k, v in headers:
             if k == b"content-length":
                 declared = int(v) if v.isdigit() else 0
+            elif k == b"authorization":
+                continue  # a platform token is never handed to function code
             str_headers.append((k.decode("latin-1"), v.decode("latin-1")))
         try:
             body = await _read_body(receive, pool.spec.limits.max_body, declared)
@@ -137,12 +167,16 @@ class Gateway:
                 status = 503
                 await _plain(send, 503, f"function is failing to start: {exc.reason}", retry)
         else:
-            status = response.status
-            elapsed = time.monotonic() - accepted
-            out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
-            out.append((b"x-duration-seconds", f"{elapsed:.6f}".encode()))
-            if cold:
-                out.append((b"x-nfaas-cold-start", b"1"))
-            await send({"type": "http.response.start", "status": status, "headers": out})
-            await send({"type": "http.response.body", "body": response.body})
+            out = checked_headers(response.headers)
+            if out is None or not 200 <= response.status <= 599:
+                status = 502
+                await _plain(send, 502, "function returned an invalid HTTP status or header")
+            else:
+                status = response.status
+                elapsed = time.monotonic() - accepted
+                out.append((b"x-duration-seconds", f"{elapsed:.6f}".encode()))
+                if cold:
+                    out.append((b"x-nfaas-cold-start", b"1"))
+                await send({"type": "http.response.start", "status": status, "headers": out})
+                await send({"type": "http.response.body", "body": response.body})
         self.metrics.observe_invocation(key, status, time.monotonic() - accepted)

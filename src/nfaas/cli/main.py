@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from nfaas.cli.client import DEFAULT_DATA, ApiError, Client
@@ -33,7 +37,7 @@ NS_OPT = typer.Option(None, "--namespace", "-n", help="Namespace (defaults to th
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -89,7 +93,7 @@ def up(
         access_log=False,
         timeout_graceful_shutdown=5,
     )
-    server = uvicorn.Server(config)
+    server = _server_class()(config)
     url = f"http://{host}:{port}"
     err.print(f"nfaas {url} data={data} admin token in {data / 'admin.token'}", highlight=False)
     if deploy:
@@ -97,6 +101,28 @@ def up(
             target=_deploy_when_up, args=(server, url, data, deploy, exercise), daemon=True
         ).start()
     server.run()
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises SIGINT/SIGTERM after its graceful shutdown, so the process dies
+        of the signal; nfaas stops everything and then exits 0."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server
+
+
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _deploy_when_up(
@@ -109,7 +135,7 @@ def _deploy_when_up(
         try:
             manifest = load_manifest(path)
         except ManifestError as exc:
-            err.print(f"[red]{exc}[/]", highlight=False)
+            err.print(f"[red]{escape(str(exc))}[/]", highlight=False)
             continue
         for name, entry in manifest.functions.items():
             try:
@@ -119,7 +145,7 @@ def _deploy_when_up(
                 if exercise:
                     _exercise(api, name, entry.handler_dir)
             except ApiError as exc:
-                err.print(f"[red]deploy {name}: {exc}[/]", highlight=False)
+                err.print(f"[red]deploy {escape(name)}: {escape(str(exc))}[/]", highlight=False)
 
 
 def _exercise(api: Client, name: str, handler_dir: Path) -> None:
@@ -257,7 +283,7 @@ def describe(name: str, namespace: str | None = NS_OPT, as_json: bool = JSON_OPT
         f"invocations={status.get('invocations', 0)}"
     )
     if status.get("last_error"):
-        out.print(f"[red]last error: {status['last_error']}[/]", highlight=False)
+        out.print(f"[red]last error: {escape(status['last_error'])}[/]", highlight=False)
     table = Table("INSTANCE", "PID", "INFLIGHT", "SERVED", "IDLE s", title="instances")
     for inst in status.get("instances", []):
         table.add_row(

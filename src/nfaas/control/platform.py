@@ -62,6 +62,9 @@ def check_reachable(data_dir: Path) -> None:
 class Platform:
     def __init__(self, config: PlatformConfig) -> None:
         self.config = config
+        # Platform state (SQLite and its WAL, bundles, logs) is for the platform alone:
+        # instances run as other uids. What instances must read is opened up explicitly.
+        os.umask(0o077)
         data = config.data_dir
         data.mkdir(parents=True, exist_ok=True)
         data.chmod(0o711)

@@ -271,7 +271,7 @@ class FunctionPool:
         if slot not in self.slots:
             return
         self.slots.remove(slot)
-        if slot.served == 0:
+        if slot.served == 0 and slot.inflight == 0:  # died before it was given any work
             self._note_failure(f"instance died before serving: {reason}", False)
         self._wake_waiters_after_loss()
 
