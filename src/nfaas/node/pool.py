@@ -333,9 +333,9 @@ class FunctionPool:
         self.closed = True
         for task in list(self._tasks):
             task.cancel()
-        for slot in self.slots:
+        slots, self.slots = self.slots, []
+        for slot in slots:
             await slot.instance.stop()
-        self.slots.clear()
         while self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done():

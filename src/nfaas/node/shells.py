@@ -23,6 +23,7 @@ class ShellPool:
         self.filling = 0
         self.taken_ready = 0
         self.taken_fresh = 0
+        self.closed = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def acquire(self) -> tuple[Shell, bool]:
@@ -40,7 +41,7 @@ class ShellPool:
         return await self.driver.prepare(ahead=False), False
 
     def refill(self) -> None:
-        while len(self.ready) + self.filling < self.size:
+        while not self.closed and len(self.ready) + self.filling < self.size:
             self.filling += 1
             task = asyncio.get_running_loop().create_task(self._fill())
             self._tasks.add(task)
@@ -55,6 +56,7 @@ class ShellPool:
             self.filling -= 1
 
     async def close(self) -> None:
+        self.closed = True
         for task in list(self._tasks):
             task.cancel()
         while self.ready:

@@ -284,6 +284,7 @@ class ProcessDriver(Driver):
             pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL,
             env=_zygote_env(),
+            start_new_session=True,  # a Ctrl-C on the terminal is for nfaas up, not the zygote
         )
         theirs.close()
         ours.setblocking(False)
