@@ -177,3 +177,31 @@ def test_target_concurrency_shares_one_instance(platform: Platform, unique_name)
     assert [r.status_code for r in results] == [200] * 4
     assert len({r.json()["instance"] for r in results}) == 1  # all on the one instance
     assert elapsed < 3.5, f"4 requests of 1 s took {elapsed:.1f}s: not served concurrently"
+
+
+def test_autoscaler_scales_out_under_sustained_load(platform: Platform, unique_name) -> None:
+    """8 clients keep 8 slow requests in flight against target_concurrency 1: the KPA's
+    panic window asks for more instances and starts them up to max while load lasts."""
+    name = unique_name("kpa")
+    platform.deploy(
+        name,
+        SLEEPER,
+        {"public": True, "scale": {"max": 4, "target_concurrency": 1, "idle_timeout": "30s"}},
+    )
+    stop = time.monotonic() + 4.0
+    statuses: list[int] = []
+
+    def client() -> None:
+        while time.monotonic() < stop:
+            statuses.append(platform.invoke(name, token=None, params={"sleep": "0.2"}).status_code)
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses and set(statuses) == {200}
+    status = platform.status(name)
+    assert status["replicas"] == 4  # scaled out to max, still within idle_timeout
+    triggers = [record["trigger"] for record in status["cold_starts"]]
+    assert triggers.count("autoscaler") == 3, triggers  # the request started one, the KPA three
