@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from nfaas.core.bundle import pack
 from nfaas.core.spec import validate_spec
 from nfaas.sandbox.base import (
     CodeBundle,
@@ -29,6 +30,7 @@ from nfaas.sandbox.base import (
     Request,
     WorkerDied,
 )
+from nfaas.sandbox.container import ContainerDriver
 from nfaas.sandbox.process import ProcessDriver
 
 HANDLER = textwrap.dedent(
@@ -51,6 +53,8 @@ HANDLER = textwrap.dedent(
     """
 )
 DRIVERS: dict[str, Callable[[Path], Driver]] = {"process": ProcessDriver}
+if shutil.which("runc") and os.getuid() == 0:
+    DRIVERS["container"] = ContainerDriver
 
 
 @pytest.fixture(params=sorted(DRIVERS))
@@ -92,9 +96,11 @@ async def load(
     raw = {"env": {"GREETING": "hi"}, "limits": {"memory": "64Mi"}, **spec}
     hooks = InstanceHooks(on_log=logs.append, on_exit=exits.append)
     code = root / "code" / sub if sub else root / "code"
-    return await shell.load(
-        validate_spec("conf", raw), "tests", CodeBundle("x", str(code)), LoadTimings(), hooks
-    )
+    archive = root / f"{sub or 'main'}.zip"
+    if not archive.exists():
+        archive.write_bytes(pack(code))
+    bundle = CodeBundle("x", str(code), archive=str(archive))
+    return await shell.load(validate_spec("conf", raw), "tests", bundle, LoadTimings(), hooks)
 
 
 def req(path: str = "/", body: bytes = b"", query: str = "") -> Request:
@@ -110,7 +116,10 @@ def test_invoke_returns_the_handlers_answer(world) -> None:
         assert data["body"] == "ping" and data["query"] == {"a": "1"} and data["env"] == "hi"
         if os.getuid() == 0:
             assert data["uid"] != 0
-        assert data["cwd"].startswith(str(root / "data"))
+        if isinstance(driver, ProcessDriver):
+            assert data["cwd"].startswith(str(root / "data"))  # its own instance directory
+        else:
+            assert data["cwd"] == "/tmp"  # the container's private tmpfs
         assert inst.stats().uss > 0
         await inst.stop()
         assert not inst.alive
@@ -160,10 +169,16 @@ def test_kill_mid_request_is_worker_died(world) -> None:
 def test_memory_limit(world) -> None:
     async def body(driver, root, logs, exits) -> None:
         inst = await load(driver, root, logs, exits)
-        with pytest.raises(HandlerError) as info:
-            await inst.invoke(req("/hog"), 10)
-        assert info.value.kind == "MemoryError"
-        assert (await inst.invoke(req(), 5)).status == 200
+        if isinstance(driver, ProcessDriver):
+            # rlimit: the allocation fails inside the handler; the instance lives on
+            with pytest.raises(HandlerError) as info:
+                await inst.invoke(req("/hog"), 10)
+            assert info.value.kind == "MemoryError"
+            assert (await inst.invoke(req(), 5)).status == 200
+        else:
+            # cgroup: the kernel kills that instance only, and the caller is told why
+            with pytest.raises(WorkerDied, match="OOM killer"):
+                await inst.invoke(req("/hog"), 10)
         await inst.stop()
 
     run(world, body)

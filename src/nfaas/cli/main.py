@@ -67,8 +67,14 @@ def up(
     exercise: bool = typer.Option(
         False, "--exercise", help="Invoke each deployed function with its sample."
     ),
-    shell_pool: int = typer.Option(
-        2, "--shell-pool", help="Prepared shells kept ready per isolation tier."
+    shell_pool: int = typer.Option(2, "--shell-pool", help="Prepared process shells kept ready."),
+    container_pool: int = typer.Option(
+        1, "--container-pool", help="Prepared container shells kept ready."
+    ),
+    oci_runtime: str = typer.Option(
+        "runc",
+        "--oci-runtime",
+        help="OCI runtime for the container tier (runc, crun, runsc, kata-runtime).",
     ),
 ) -> None:
     """Run the platform in the foreground: gateway, controller and node agent."""
@@ -78,7 +84,14 @@ def up(
     from nfaas.control.platform import Platform, PlatformConfig
 
     try:
-        platform = Platform(PlatformConfig(data_dir=data, shell_pool=shell_pool))
+        platform = Platform(
+            PlatformConfig(
+                data_dir=data,
+                shell_pool=shell_pool,
+                container_pool=container_pool,
+                oci_runtime=oci_runtime,
+            )
+        )
     except RuntimeError as exc:
         fail(str(exc))
     asgi = create_app(platform)

@@ -96,7 +96,12 @@ class BundleStore:
             _make_readable(staging)
             os.replace(staging, target)
         deps = self._install_requirements(target)
-        return CodeBundle(sha256=sha256, code_dir=str(target), deps_dir=deps)
+        return CodeBundle(
+            sha256=sha256,
+            code_dir=str(target),
+            deps_dir=deps,
+            archive=str(self.archive_path(sha256)),
+        )
 
     def _install_requirements(self, code_dir: Path) -> str:
         requirements = code_dir / "requirements.txt"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import stat
 import time
@@ -19,7 +20,9 @@ from nfaas.core.spec import FunctionSpec, SpecError, validate_name, validate_spe
 from nfaas.node.agent import NodeAgent
 from nfaas.node.coldstart import ColdStart, percentiles
 from nfaas.node.logs import FunctionKey
+from nfaas.sandbox.base import SandboxError
 
+log = logging.getLogger("nfaas.control")
 DEFAULT_NAMESPACE = "default"
 NAMESPACE_PATH = ("namespace",)
 
@@ -44,6 +47,8 @@ class PlatformConfig:
     stable_window: float = 60.0
     panic_window: float = 6.0
     shell_pool: int = 2
+    container_pool: int = 1
+    oci_runtime: str = "runc"
 
 
 def check_reachable(data_dir: Path) -> None:
@@ -73,7 +78,14 @@ class Platform:
         self.tokens = TokenStore(self.registry)
         self.bundles = BundleStore(data)
         self.cold_start_listeners: list[Callable[[FunctionKey, ColdStart], None]] = []
-        self.agent = NodeAgent(data, self._cold_start, config.queue_limit, config.shell_pool)
+        self.agent = NodeAgent(
+            data,
+            self._cold_start,
+            config.queue_limit,
+            config.shell_pool,
+            config.container_pool,
+            config.oci_runtime,
+        )
         self.scalers: dict[FunctionKey, Kpa] = {}
         self.started_at = time.time()
         self._loop_task: asyncio.Task[None] | None = None
@@ -84,6 +96,14 @@ class Platform:
         self._ensure_admin_token()
         await self.agent.start()
         for record in self.registry.list_functions():
+            if record.spec.isolation not in self.agent.drivers:
+                log.warning(
+                    "%s/%s needs isolation %r, which this node cannot offer now; not started",
+                    record.namespace,
+                    record.spec.name,
+                    record.spec.isolation,
+                )
+                continue
             bundle = await asyncio.to_thread(self.bundles.unpack, record.bundle)
             await self.agent.deploy((record.namespace, record.spec.name), record.spec, bundle)
             self.scalers[(record.namespace, record.spec.name)] = self._new_kpa()
@@ -165,6 +185,10 @@ class Platform:
         """``mode`` is "create" (409 if present), "update" (404 if absent) or "upsert"."""
         ns = self.namespace_for(principal, namespace)
         spec = validate_spec(name, raw_spec)
+        try:
+            self.agent.check_isolation(spec.isolation)
+        except SandboxError as exc:
+            raise SpecError(("isolation",), str(exc)) from None
         if not self.bundles.has(bundle):
             raise SpecError(
                 ("bundle",), f"unknown bundle {bundle!r}: upload it to /system/bundles first"
@@ -227,6 +251,7 @@ class Platform:
                 {**driver.info(), "shell_pool": self.agent.shells[name].info()}
                 for name, driver in self.agent.drivers.items()
             ],
+            "unavailable": self.agent.unavailable,
         }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,8 +12,11 @@ from nfaas.node.coldstart import ColdStart
 from nfaas.node.logs import FunctionKey, LogBook
 from nfaas.node.pool import FunctionPool
 from nfaas.node.shells import ShellPool
-from nfaas.sandbox.base import CodeBundle, Driver, Request, Response
+from nfaas.sandbox.base import CodeBundle, Driver, Request, Response, SandboxError
+from nfaas.sandbox.container import ContainerDriver
 from nfaas.sandbox.process import ProcessDriver
+
+log = logging.getLogger("nfaas.node")
 
 
 class UnknownFunction(KeyError):
@@ -26,9 +30,17 @@ class NodeAgent:
         on_cold_start: Callable[[FunctionKey, ColdStart], None] = lambda key, rec: None,
         queue_limit: int = 1024,
         shell_pool: int = 2,
+        container_pool: int = 1,
+        oci_runtime: str = "runc",
     ) -> None:
-        self.drivers: dict[str, Driver] = {"process": ProcessDriver(data_dir)}
-        self.shells = {name: ShellPool(d, shell_pool) for name, d in self.drivers.items()}
+        self.drivers: dict[str, Driver] = {
+            "process": ProcessDriver(data_dir),
+            "container": ContainerDriver(data_dir, oci_runtime),
+        }
+        sizes = {"process": shell_pool, "container": container_pool}
+        self.shells = {name: ShellPool(d, sizes[name]) for name, d in self.drivers.items()}
+        # tiers this node cannot offer, and why (e.g. no OCI runtime installed)
+        self.unavailable: dict[str, str] = {}
         self.logs = LogBook(data_dir / "logs")
         self.pools: dict[FunctionKey, FunctionPool] = {}
         self.on_cold_start = on_cold_start
@@ -36,10 +48,23 @@ class NodeAgent:
         self.started_at = time.time()
 
     async def start(self) -> None:
-        for driver in self.drivers.values():
-            await driver.start()
+        for name, driver in list(self.drivers.items()):
+            try:
+                await driver.start()
+            except SandboxError as exc:
+                if name == "process":
+                    raise
+                log.warning("isolation %r is not available on this node: %s", name, exc)
+                self.unavailable[name] = str(exc)
+                del self.drivers[name]
+                del self.shells[name]
         for shells in self.shells.values():
             shells.refill()
+
+    def check_isolation(self, isolation: str) -> None:
+        if isolation not in self.drivers:
+            reason = self.unavailable.get(isolation, "no driver")
+            raise SandboxError(f"isolation {isolation!r} is not available on this node: {reason}")
 
     async def deploy(self, key: FunctionKey, spec: FunctionSpec, bundle: CodeBundle) -> None:
         pool = self.pools.get(key)

@@ -58,11 +58,13 @@ class Response:
 
 @dataclass(frozen=True)
 class CodeBundle:
-    """A function's code, unpacked read-only on the node."""
+    """A function's code: unpacked read-only on the node, and the archive it came from
+    (shipped over the stream to sandboxes that cannot see the node's files)."""
 
     sha256: str
     code_dir: str
     deps_dir: str = ""
+    archive: str = ""
 
 
 @dataclass

@@ -28,37 +28,24 @@ from nfaas.core.spec import FunctionSpec
 from nfaas.sandbox.base import (
     CodeBundle,
     Driver,
-    HandlerError,
     Instance,
     InstanceHooks,
     InstanceStats,
-    InvokeTimeout,
     LoadFailed,
     LoadTimings,
-    Request,
-    Response,
     SandboxError,
     Shell,
-    WorkerDied,
 )
-from nfaas.sandbox.procstats import read_stats
+from nfaas.sandbox.procstats import describe_exit, read_stats
 from nfaas.sandbox.stream import LineReader, WorkerStream
+from nfaas.sandbox.stream_instance import StreamInstance
 from nfaas.sandbox.uids import UidPool
-from nfaas.worker.protocol import Error, Invoke, Load, Loaded, Result
+from nfaas.worker.protocol import Load, Loaded
 
 LOAD_TIMEOUT = 30.0
 FORK_TIMEOUT = 30.0
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(dict[str, Any])
-
-
-def describe_exit(status: int) -> str:
-    if status < 0:
-        try:
-            return f"killed by {signal.Signals(-status).name}"
-        except ValueError:
-            return f"killed by signal {-status}"
-    return f"exited with status {status}"
 
 
 def rlimits_for(spec: FunctionSpec) -> dict[str, int]:
@@ -72,53 +59,11 @@ def rlimits_for(spec: FunctionSpec) -> dict[str, int]:
     }
 
 
-class ProcessInstance(Instance):
-    def __init__(
-        self,
-        instance_id: str,
-        pid: int,
-        stream: WorkerStream,
-        workdir: Path,
-        driver: ProcessDriver,
-    ) -> None:
-        self.id = instance_id
-        self.pid = pid
-        self._stream = stream
+class ProcessInstance(StreamInstance):
+    def __init__(self, instance_id: str, pid: int, stream: WorkerStream, workdir: Path) -> None:
+        super().__init__(instance_id, pid, stream)
         self._workdir = workdir
-        self._driver = driver
         self._stopped = False
-
-    @property
-    def alive(self) -> bool:
-        return not self._stream.closed
-
-    async def invoke(self, request: Request, timeout: float) -> Response:
-        stream = self._stream
-        request_id = stream.next_id()
-        fut = stream.request(
-            Invoke(
-                request_id,
-                request.method,
-                request.path,
-                request.query,
-                request.headers,
-                request.body,
-            )
-        )
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(timeout, _expire, fut)
-        try:
-            reply = await fut
-        except asyncio.CancelledError:
-            stream.forget(request_id)
-            raise
-        finally:
-            timer.cancel()
-        if isinstance(reply, Result):
-            return Response(reply.status, reply.headers, reply.body)
-        if isinstance(reply, Error):
-            raise HandlerError(reply.kind, reply.message)
-        raise WorkerDied(f"unexpected reply {type(reply).__name__}")
 
     async def pause(self) -> None:
         self._signal(signal.SIGSTOP)
@@ -140,11 +85,6 @@ class ProcessInstance(Instance):
 
     def stats(self) -> InstanceStats:
         return read_stats(self.pid)
-
-
-def _expire(fut: asyncio.Future[Any]) -> None:
-    if not fut.done():
-        fut.set_exception(InvokeTimeout("handler exceeded its timeout"))
 
 
 class ProcessShell(Shell):
@@ -195,13 +135,12 @@ class ProcessShell(Shell):
         timings: LoadTimings,
         hooks: InstanceHooks,
     ) -> Instance:
-        driver = self._driver
         stream = self.stream
         if stream is None or stream.closed:
             raise LoadFailed("shell is gone")
         self._hooks = hooks
         uid, workdir = self.uid, self.workdir
-        instance = ProcessInstance(self.id, self.pid, stream, workdir, driver)
+        instance = ProcessInstance(self.id, self.pid, stream, workdir)
         env = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "HOME": str(workdir),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 from nfaas.sandbox.base import InstanceStats
 
@@ -30,3 +31,12 @@ def read_stats(pid: int) -> InstanceStats:
         uss=fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0),
         cpu_seconds=cpu,
     )
+
+
+def describe_exit(status: int) -> str:
+    if status < 0:
+        try:
+            return f"killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"killed by signal {-status}"
+    return f"exited with status {status}"

@@ -30,6 +30,9 @@ class Load(msgspec.Struct, tag="load", array_like=True):
     rlimits: dict[str, int]
     concurrency: int = 1
     deps_dir: str = ""
+    # The code itself (a zip), for sandboxes that cannot see the node's files: the worker
+    # unpacks it into ``code_dir`` before it drops privileges.
+    bundle: bytes = b""
 
 
 class Loaded(msgspec.Struct, tag="loaded", array_like=True):

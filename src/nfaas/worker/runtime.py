@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 import os
 import resource
 import socket
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 import traceback
+import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn
@@ -74,6 +76,20 @@ def drop_privileges(uid: int, gid: int) -> None:
     os.setuid(uid)
 
 
+def unpack_bundle(data: bytes, code_dir: str) -> None:
+    """Unpack shipped code, readable but not writable by the function's uid."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        for entry in archive.infolist():
+            parts = entry.filename.split("/")
+            if entry.filename.startswith("/") or ".." in parts:
+                raise ValueError(f"bundle entry {entry.filename!r} points outside the bundle")
+        archive.extractall(code_dir)
+    for folder, _dirs, files in os.walk(code_dir):
+        os.chmod(folder, 0o755)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o644)
+
+
 def import_handler(code_dir: str, deps_dir: str) -> Callable[[Any, Any], Any]:
     for path in (deps_dir, code_dir):
         if path:
@@ -106,6 +122,8 @@ class Worker:
     def load(self, msg: Load) -> Loaded:
         started = time.perf_counter()
         try:
+            if msg.bundle:
+                unpack_bundle(msg.bundle, msg.code_dir)
             os.chdir(msg.workdir)
             apply_limits(msg.rlimits)
             drop_privileges(msg.uid, msg.gid)

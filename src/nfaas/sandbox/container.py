@@ -1,0 +1,323 @@
+"""Container sandbox: each instance in its own namespaces and cgroup, through an OCI runtime.
+
+A shell is a container started with ``<runtime> run`` from a generated bundle, running the
+worker (``nfaas.worker.shell_main``) on a Unix socket handed in as fd 3. Loading a function
+writes its limits into the container's cgroup and ships the code bundle over the stream; the
+worker unpacks it into /code and drops to the instance's uid (which clears its capabilities).
+The runtime binary is configurable: runc by default; crun, runsc or kata-runtime where a host
+has them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+from nfaas.core.spec import FunctionSpec
+from nfaas.sandbox import oci
+from nfaas.sandbox.base import (
+    CodeBundle,
+    Driver,
+    Instance,
+    InstanceHooks,
+    InstanceStats,
+    LoadFailed,
+    LoadTimings,
+    SandboxError,
+    Shell,
+)
+from nfaas.sandbox.cgroups import Cgroup
+from nfaas.sandbox.procstats import describe_exit, read_stats
+from nfaas.sandbox.stream import LineReader, WorkerStream
+from nfaas.sandbox.stream_instance import StreamInstance
+from nfaas.sandbox.uids import UidPool
+from nfaas.worker.protocol import Load, Loaded, Ping, Pong
+
+START_TIMEOUT = 30.0
+LOAD_TIMEOUT = 30.0
+MIB = 1024**2
+
+
+def _rlimits(spec: FunctionSpec) -> dict[str, int]:
+    # memory is the cgroup's job here: a hard limit on the whole container
+    return {
+        "cpu_time": max(1, int(spec.limits.cpu_time)),
+        "open_files": spec.limits.open_files,
+        "core": 0,
+    }
+
+
+class ContainerInstance(StreamInstance):
+    def __init__(self, shell: ContainerShell, stream: WorkerStream, memory: int) -> None:
+        super().__init__(shell.id, shell.pid, stream)
+        self._shell = shell
+        self._memory = memory
+
+    def death_reason(self, reason: str) -> str:
+        if self._shell.cgroup.oom_kills() > self._shell.oom_baseline:
+            return f"killed by the kernel's OOM killer: the instance reached its memory limit ({self._memory // MIB}Mi)"
+        return reason
+
+    async def pause(self) -> None:
+        await asyncio.to_thread(self._shell.cgroup.freeze, True)
+
+    async def resume(self) -> None:
+        self._shell.cgroup.freeze(False)
+
+    async def stop(self) -> None:
+        await self._shell.discard()
+
+    def stats(self) -> InstanceStats:
+        total = InstanceStats(pid=self.pid, rss=0, pss=0, uss=0, cpu_seconds=0.0)
+        for pid in [*self._shell.cgroup.pids(), self._shell.runtime_pid]:
+            one = read_stats(pid)
+            total.rss += one.rss
+            total.pss += one.pss
+            total.uss += one.uss
+            total.cpu_seconds += one.cpu_seconds
+        return total
+
+
+class ContainerShell(Shell):
+    def __init__(self, driver: ContainerDriver, shell_id: str) -> None:
+        self.id = shell_id
+        self.driver = driver
+        self.bundle_dir = driver.bundles_dir / shell_id
+        self.cgroup = Cgroup(f"nfaas/{driver.boot}/{shell_id}")
+        self.pid = 0
+        self.runtime_pid = 0
+        self.oom_baseline = 0
+        self.uid = -1
+        self.stream: WorkerStream | None = None
+        self._process: asyncio.subprocess.Process | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._hooks: InstanceHooks | None = None
+        self._discarded = False
+        self._early: list[str] = []
+
+    @property
+    def alive(self) -> bool:
+        return self.stream is not None and not self.stream.closed
+
+    def _lost(self, reason: str) -> None:
+        if self._hooks is not None:
+            self._hooks.on_exit(reason)
+
+    def _line(self, text: str) -> None:
+        if self._hooks is not None:
+            self._hooks.on_log(text)
+        else:
+            self._early.append(text)  # before a function owns the shell: kept for errors
+
+    async def start(self) -> None:
+        driver = self.driver
+        self.bundle_dir.mkdir(mode=0o700)
+        python = str(Path(sys.prefix) / "bin" / "python3")
+        config = oci.shell_config(
+            self.id,
+            [python, "-m", "nfaas.worker.shell_main", "3"],
+            driver.rootfs,
+            driver.binds,
+            f"/{self.cgroup.path}",
+        )
+        (self.bundle_dir / "config.json").write_text(json.dumps(config))
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        log_r, log_w = os.pipe()
+        loop = asyncio.get_running_loop()
+        try:
+            # the runtime hands fds 3.. to the container: put the stream there
+            self._process = await asyncio.create_subprocess_exec(
+                "/bin/bash",  # dash cannot redirect descriptors above 9
+                "-c",
+                f'exec "$0" "$@" 3<&{theirs.fileno()}',
+                driver.runtime,
+                "run",
+                "--keep",  # the cgroup outlives the container: its OOM count says why it died
+                "--preserve-fds",
+                "1",
+                "--bundle",
+                str(self.bundle_dir),
+                self.id,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_w,
+                stderr=log_w,
+                pass_fds=(theirs.fileno(),),
+                start_new_session=True,
+            )
+        finally:
+            theirs.close()
+            os.close(log_w)
+        self.runtime_pid = self._process.pid
+        self._watcher = loop.create_task(self._watch(self._process))
+        transport, self.stream = await loop.create_unix_connection(
+            lambda: WorkerStream(self._lost), sock=ours
+        )
+        if transport.get_extra_info("socket").fileno() != ours.fileno():
+            ours.close()
+        await loop.connect_read_pipe(lambda: LineReader(self._line), os.fdopen(log_r, "rb", 0))
+        ping = self.stream.request(Ping(self.stream.next_id()))
+        try:
+            reply = await asyncio.wait_for(ping, START_TIMEOUT)
+        except (TimeoutError, SandboxError) as exc:
+            await self.discard()
+            said = " | ".join(self._early[-5:])
+            raise SandboxError(
+                f"container shell did not start: {exc or 'timeout'}: {said}"
+            ) from None
+        if not isinstance(reply, Pong):
+            await self.discard()
+            raise SandboxError("container shell answered the ping wrongly")
+        pids = self.cgroup.pids()
+        self.pid = pids[0] if pids else 0
+        self.oom_baseline = self.cgroup.oom_kills()
+
+    async def _watch(self, process: asyncio.subprocess.Process) -> None:
+        """The runtime exits with the container's status (128 + signal when killed)."""
+        status = await process.wait()
+        if status > 128:
+            status = -(status - 128)
+        self._line(f"[nfaas] instance {describe_exit(status)}")
+
+    async def load(
+        self,
+        spec: FunctionSpec,
+        namespace: str,
+        bundle: CodeBundle,
+        timings: LoadTimings,
+        hooks: InstanceHooks,
+    ) -> Instance:
+        stream = self.stream
+        if stream is None or stream.closed:
+            raise LoadFailed("shell is gone")
+        self._hooks = hooks
+        limits = spec.limits
+        try:
+            self.cgroup.set_limits(limits.memory, limits.cpu, limits.processes)
+        except OSError as exc:
+            await self.discard()
+            raise LoadFailed(f"cannot apply cgroup limits: {exc}") from None
+        self.uid = self.driver.uids.take()
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": oci.WORK_DIR,
+            "LANG": "C.UTF-8",
+            **spec.env,
+            "NFAAS_FUNCTION": spec.name,
+            "NFAAS_NAMESPACE": namespace,
+            "NFAAS_INSTANCE": self.id,
+        }
+        load = Load(
+            id=stream.next_id(),
+            code_dir=oci.CODE_DIR,
+            function_name=spec.name,
+            namespace=namespace,
+            instance_id=self.id,
+            workdir=oci.WORK_DIR,
+            env=env,
+            uid=self.uid,
+            gid=self.uid,
+            rlimits=_rlimits(spec),
+            concurrency=spec.scale.target_concurrency,
+            bundle=Path(bundle.archive).read_bytes(),
+        )
+        instance = ContainerInstance(self, stream, limits.memory)
+        try:
+            reply = await asyncio.wait_for(stream.request(load), LOAD_TIMEOUT)
+        except (TimeoutError, SandboxError) as exc:
+            await self.discard()
+            raise LoadFailed(f"worker did not load: {exc or 'timeout'}") from None
+        timings.loaded = time.monotonic()
+        if not isinstance(reply, Loaded) or not reply.ok:
+            await self.discard()
+            raise LoadFailed(reply.error if isinstance(reply, Loaded) else "unexpected reply")
+        return instance
+
+    async def discard(self) -> None:
+        if self._discarded:
+            return
+        self._discarded = True
+        with contextlib.suppress(OSError):
+            self.cgroup.freeze(False)  # a frozen container cannot die
+        for pid in self.cgroup.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self.stream is not None:
+            self.stream.close()
+        if self._process is not None and self._watcher is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._watcher), 10)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self._process.pid, signal.SIGKILL)
+                await self._process.wait()
+            await self.driver.delete(self.id)
+        self.driver.uids.give_back(self.uid)
+        self.driver.forget(self)
+        shutil.rmtree(self.bundle_dir, ignore_errors=True)
+
+
+class ContainerDriver(Driver):
+    name = "container"
+
+    def __init__(self, data_dir: Path, runtime: str = "runc") -> None:
+        self.runtime = shutil.which(runtime) or runtime
+        self.root = data_dir / "containers"
+        self.rootfs = self.root / "rootfs"
+        self.bundles_dir = self.root / "bundles"
+        self.binds = oci.read_only_paths()
+        self.uids = UidPool(first=300_000)
+        self.boot = f"{int(time.time()):x}"
+        self._ids = itertools.count(1)
+        self._shells: set[ContainerShell] = set()
+
+    async def start(self) -> None:
+        if not os.path.exists(self.runtime):
+            raise SandboxError(f"OCI runtime {self.runtime!r} not found")
+        if os.getuid() != 0:
+            raise SandboxError("the container tier needs root")
+        shutil.rmtree(self.bundles_dir, ignore_errors=True)
+        self.bundles_dir.mkdir(parents=True, mode=0o700)
+        self.root.chmod(0o711)
+        oci.prepare_rootfs(self.rootfs, self.binds)
+
+    async def prepare(self, ahead: bool = True) -> Shell:
+        shell = ContainerShell(self, f"c{self.boot}-{next(self._ids)}")
+        await shell.start()
+        self._shells.add(shell)
+        return shell
+
+    def forget(self, shell: ContainerShell) -> None:
+        self._shells.discard(shell)
+
+    async def delete(self, container_id: str) -> None:
+        """Remove what the runtime may have left (normally ``run`` cleans up itself)."""
+        process = await asyncio.create_subprocess_exec(
+            self.runtime,
+            "delete",
+            "--force",
+            container_id,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        await process.wait()
+
+    async def close(self) -> None:
+        for shell in list(self._shells):
+            await shell.discard()
+        self._shells.clear()
+
+    def info(self) -> dict[str, object]:
+        return {
+            "driver": self.name,
+            "runtime": self.runtime,
+            "cgroup": "v2" if Cgroup("x").v2 else "v1",
+        }
