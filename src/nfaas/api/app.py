@@ -73,6 +73,7 @@ def function_status(
             "max": spec.scale.max,
             "target_concurrency": spec.scale.target_concurrency,
             "idle_timeout": spec.scale.idle_timeout,
+            "pause_after": spec.scale.pause_after,
         },
         "limits": {
             "memory": spec.limits.memory,

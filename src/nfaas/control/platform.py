@@ -149,6 +149,8 @@ class Platform:
                 while pool.live() < want and pool.start_instance("autoscaler"):
                     pass
                 await pool.stop_idle(scale.idle_timeout, keep=scale.min)
+                if scale.pause_after:
+                    await pool.pause_idle(scale.pause_after)
 
     # -- names and access ----------------------------------------------------------------
     def namespace_for(self, principal: Principal | None, requested: str | None) -> str:

@@ -41,6 +41,7 @@ class Scale(msgspec.Struct, frozen=True):
     max: int = 4
     target_concurrency: int = 1
     idle_timeout: float = 60.0
+    pause_after: float = 0.0  # freeze an idle instance after this long; 0: never
 
 
 class Limits(msgspec.Struct, frozen=True):
@@ -131,7 +132,7 @@ def _str_map(path: tuple[str, ...], value: object) -> dict[str, str]:
 
 
 def _scale(path: tuple[str, ...], raw: Mapping[str, Any]) -> Scale:
-    _check_keys(path, raw, {"min", "max", "target_concurrency", "idle_timeout"})
+    _check_keys(path, raw, {"min", "max", "target_concurrency", "idle_timeout", "pause_after"})
     d = Scale()
     lo = _int((*path, "min"), raw.get("min", d.min), 0, 1000)
     hi = _int((*path, "max"), raw.get("max", max(d.max, lo)), 1, 1000)
@@ -141,7 +142,10 @@ def _scale(path: tuple[str, ...], raw: Mapping[str, Any]) -> Scale:
     idle = _positive(
         (*path, "idle_timeout"), raw.get("idle_timeout", d.idle_timeout), parse_duration
     )
-    return Scale(min=lo, max=hi, target_concurrency=target, idle_timeout=idle)
+    pause = 0.0
+    if raw.get("pause_after") is not None:
+        pause = _positive((*path, "pause_after"), raw["pause_after"], parse_duration)
+    return Scale(min=lo, max=hi, target_concurrency=target, idle_timeout=idle, pause_after=pause)
 
 
 def _limits(path: tuple[str, ...], raw: Mapping[str, Any]) -> Limits:

@@ -86,6 +86,7 @@ class FunctionPool:
         self.starting = 0
         self.waiters: deque[asyncio.Future[Slot]] = deque()
         self.records: deque[ColdStart] = deque(maxlen=KEEP_RECORDS)
+        self.resumes: deque[float] = deque(maxlen=KEEP_RECORDS)  # seconds each resume took
         self.failures = 0
         self.last_error = ""
         self.last_error_is_load = False
@@ -109,6 +110,26 @@ class FunctionPool:
             if slot.inflight < cap and not slot.paused:
                 return slot
         return None
+
+    def _paused_slot(self) -> Slot | None:
+        return next((slot for slot in self.slots if slot.paused), None)
+
+    async def _resume(self, slot: Slot) -> None:
+        slot.paused = False  # before the await: concurrent requests may share the slot
+        started = time.monotonic()
+        await slot.instance.resume()
+        self.resumes.append(time.monotonic() - started)
+
+    async def pause_idle(self, idle_for: float) -> int:
+        """Freeze instances idle for ``idle_for`` seconds; the next request thaws one."""
+        now = time.monotonic()
+        paused = 0
+        for slot in list(self.slots):
+            if not slot.paused and slot.inflight == 0 and now - slot.last_used >= idle_for:
+                slot.paused = True
+                await slot.instance.pause()
+                paused += 1
+        return paused
 
     def _take(self, slot: Slot) -> Slot:
         slot.inflight += 1
@@ -139,6 +160,9 @@ class FunctionPool:
         cold = False
         if slot is not None:
             self._take(slot)
+        elif (paused := self._paused_slot()) is not None:
+            slot = self._take(paused)
+            await self._resume(slot)
         else:
             cold = not self.slots
             slot = await self._wait_for_slot(accepted)
@@ -351,6 +375,11 @@ class FunctionPool:
             "invocations": self.invocations,
             "last_error": self.last_error,
             "crash_loop_retry_in": round(max(0.0, self.retry_at - now), 3),
+            "paused": sum(1 for s in self.slots if s.paused),
+            "resumes": len(self.resumes),
+            "resume_ms_p50": round(sorted(self.resumes)[len(self.resumes) // 2] * 1000, 3)
+            if self.resumes
+            else None,
             "instances": [
                 {
                     "id": s.instance.id,
@@ -359,6 +388,7 @@ class FunctionPool:
                     "served": s.served,
                     "idle_seconds": round(now - s.last_used, 3),
                     "paused": s.paused,
+                    "pss_bytes": s.instance.stats().pss,
                 }
                 for s in self.slots
             ],
