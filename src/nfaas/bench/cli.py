@@ -40,3 +40,14 @@ def density(
     from nfaas.bench.density import run
 
     run(count, baseline_count)
+
+
+@bench_app.command("sandbox")
+def sandbox(
+    runs: int = typer.Option(40, help="Cold starts per tier and configuration."),
+    idle: int = typer.Option(50, help="Idle instances per tier for the memory measurement."),
+) -> None:
+    """The isolation tiers side by side: preparation, cold starts, memory, disk, resume."""
+    from nfaas.bench.sandbox import run
+
+    run(runs, idle)

@@ -31,9 +31,9 @@ def wait_for_zero(platform: PlatformProcess, name: str) -> None:
 
 def wait_for_quiet(platform: PlatformProcess) -> None:
     """Until the shell pool is refilled and the stopped instance is gone: an idle node."""
-    for _ in range(400):
-        pool = platform.api.get("/system/info").json()["drivers"][0]["shell_pool"]
-        if pool["ready"] >= pool["target"] and pool["filling"] == 0:
+    for _ in range(2000):
+        pools = [d["shell_pool"] for d in platform.api.get("/system/info").json()["drivers"]]
+        if all(p["ready"] >= p["target"] and p["filling"] == 0 for p in pools):
             break
         time.sleep(0.005)
     time.sleep(IDLE_PAUSE)
@@ -53,8 +53,10 @@ def measure_nfaas(
             response = client.post(f"/function/{name}", content=b"bench")
             elapsed = time.perf_counter() - started
             if response.status_code != 200 or response.headers.get("x-nfaas-cold-start") != "1":
+                last_error = platform.describe(name)["status"]["last_error"]
                 raise RuntimeError(
-                    f"expected a cold 200, got {response.status_code} {response.headers}"
+                    f"{name}: expected a cold 200, got {response.status_code} {response.text!r}"
+                    f" (last error: {last_error})"
                 )
             totals.append(elapsed * 1000)
     records = platform.describe(name)["status"]["cold_starts"]

@@ -142,8 +142,8 @@ def _scale(path: tuple[str, ...], raw: Mapping[str, Any]) -> Scale:
     idle = _positive(
         (*path, "idle_timeout"), raw.get("idle_timeout", d.idle_timeout), parse_duration
     )
-    pause = 0.0
-    if raw.get("pause_after") is not None:
+    pause = 0.0  # 0 (or absent): never pause
+    if raw.get("pause_after") not in (None, 0, 0.0, "0", "0s"):
         pause = _positive((*path, "pause_after"), raw["pause_after"], parse_duration)
     return Scale(min=lo, max=hi, target_concurrency=target, idle_timeout=idle, pause_after=pause)
 

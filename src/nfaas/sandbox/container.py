@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import itertools
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -78,7 +80,7 @@ class ContainerInstance(StreamInstance):
 
     def stats(self) -> InstanceStats:
         total = InstanceStats(pid=self.pid, rss=0, pss=0, uss=0, cpu_seconds=0.0)
-        for pid in [*self._shell.cgroup.pids(), self._shell.runtime_pid]:
+        for pid in self._shell.cgroup.pids():
             one = read_stats(pid)
             total.rss += one.rss
             total.pss += one.pss
@@ -94,12 +96,10 @@ class ContainerShell(Shell):
         self.bundle_dir = driver.bundles_dir / shell_id
         self.cgroup = Cgroup(f"nfaas/{driver.boot}/{shell_id}")
         self.pid = 0
-        self.runtime_pid = 0
         self.oom_baseline = 0
         self.uid = -1
         self.stream: WorkerStream | None = None
-        self._process: asyncio.subprocess.Process | None = None
-        self._watcher: asyncio.Task[None] | None = None
+        self._exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._hooks: InstanceHooks | None = None
         self._discarded = False
         self._early: list[str] = []
@@ -134,14 +134,16 @@ class ContainerShell(Shell):
         log_r, log_w = os.pipe()
         loop = asyncio.get_running_loop()
         try:
-            # the runtime hands fds 3.. to the container: put the stream there
-            self._process = await asyncio.create_subprocess_exec(
+            # The runtime hands fds 3.. to the container: put the stream there. Detached, the
+            # runtime exits once the container runs, so no runtime process stays per instance;
+            # the container's init is re-parented to us (we are a child subreaper).
+            runtime = await asyncio.create_subprocess_exec(
                 "/bin/bash",  # dash cannot redirect descriptors above 9
                 "-c",
                 f'exec "$0" "$@" 3<&{theirs.fileno()}',
                 driver.runtime,
                 "run",
-                "--keep",  # the cgroup outlives the container: its OOM count says why it died
+                "--detach",
                 "--preserve-fds",
                 "1",
                 "--bundle",
@@ -153,11 +155,18 @@ class ContainerShell(Shell):
                 pass_fds=(theirs.fileno(),),
                 start_new_session=True,
             )
+            status = await asyncio.wait_for(runtime.wait(), START_TIMEOUT)
         finally:
             theirs.close()
             os.close(log_w)
-        self.runtime_pid = self._process.pid
-        self._watcher = loop.create_task(self._watch(self._process))
+        pids = self.cgroup.pids()
+        if status != 0 or not pids:
+            ours.close()
+            os.close(log_r)
+            await self.discard()
+            raise SandboxError(f"{driver.runtime} run failed with status {status}")
+        self.pid = pids[0]
+        self._watch_exit(loop)
         transport, self.stream = await loop.create_unix_connection(
             lambda: WorkerStream(self._lost), sock=ours
         )
@@ -176,16 +185,24 @@ class ContainerShell(Shell):
         if not isinstance(reply, Pong):
             await self.discard()
             raise SandboxError("container shell answered the ping wrongly")
-        pids = self.cgroup.pids()
-        self.pid = pids[0] if pids else 0
         self.oom_baseline = self.cgroup.oom_kills()
 
-    async def _watch(self, process: asyncio.subprocess.Process) -> None:
-        """The runtime exits with the container's status (128 + signal when killed)."""
-        status = await process.wait()
-        if status > 128:
-            status = -(status - 128)
-        self._line(f"[nfaas] instance {describe_exit(status)}")
+    def _watch_exit(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Reap the container's init when it exits and log its status."""
+        pidfd = os.pidfd_open(self.pid)
+
+        def exited() -> None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            try:
+                _, status = os.waitpid(self.pid, 0)
+                self._line(f"[nfaas] instance {describe_exit(os.waitstatus_to_exitcode(status))}")
+            except ChildProcessError:
+                self._line("[nfaas] instance exited")
+            if not self._exited.done():
+                self._exited.set_result(None)
+
+        loop.add_reader(pidfd, exited)
 
     async def load(
         self,
@@ -252,17 +269,23 @@ class ContainerShell(Shell):
                 os.kill(pid, signal.SIGKILL)
         if self.stream is not None:
             self.stream.close()
-        if self._process is not None and self._watcher is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._watcher), 10)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self._process.pid, signal.SIGKILL)
-                await self._process.wait()
-            await self.driver.delete(self.id)
+        if self.pid:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._exited), 10)
+        await self.driver.delete(self.id)
         self.driver.uids.give_back(self.uid)
         self.driver.forget(self)
         shutil.rmtree(self.bundle_dir, ignore_errors=True)
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    """Detached containers' init processes become our children, so we can reap them."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise SandboxError(f"prctl(PR_SET_CHILD_SUBREAPER) failed: errno {ctypes.get_errno()}")
 
 
 class ContainerDriver(Driver):
@@ -275,7 +298,8 @@ class ContainerDriver(Driver):
         self.bundles_dir = self.root / "bundles"
         self.binds = oci.read_only_paths()
         self.uids = UidPool(first=300_000)
-        self.boot = f"{int(time.time()):x}"
+        # container ids and cgroups are host-wide: unique per platform process, not per second
+        self.boot = f"{os.getpid():x}{secrets.token_hex(2)}"
         self._ids = itertools.count(1)
         self._shells: set[ContainerShell] = set()
 
@@ -284,6 +308,7 @@ class ContainerDriver(Driver):
             raise SandboxError(f"OCI runtime {self.runtime!r} not found")
         if os.getuid() != 0:
             raise SandboxError("the container tier needs root")
+        become_subreaper()
         shutil.rmtree(self.bundles_dir, ignore_errors=True)
         self.bundles_dir.mkdir(parents=True, mode=0o700)
         self.root.chmod(0o711)
