@@ -31,7 +31,7 @@ def handle(event, context):
     return event.body
 """
 
-PHASES = ("scheduled", "spawned", "loaded", "ready", "first_response")
+PHASES = ("scheduled", "spawned", "shipped", "loaded", "ready", "first_response")
 
 
 def text(completed) -> str:

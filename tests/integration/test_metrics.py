@@ -11,7 +11,7 @@ def handle(event, context):
         raise RuntimeError("asked to")
     return "ok"
 """
-PHASES = ("scheduled", "spawned", "loaded", "ready", "first_response")
+PHASES = ("scheduled", "spawned", "shipped", "loaded", "ready", "first_response")
 
 
 def samples(platform: Platform) -> list:

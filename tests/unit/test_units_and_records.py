@@ -45,12 +45,21 @@ def test_cold_start_phases_are_consecutive_durations() -> None:
         accepted=1.0,
         scheduled=1.001,
         spawned=1.003,
+        shipped=1.004,
         loaded=1.006,
         ready=1.0061,
         first_response=1.008,
     )
     durations = record.durations()
-    assert list(durations) == ["scheduled", "spawned", "loaded", "ready", "first_response", "total"]
+    assert list(durations) == [
+        "scheduled",
+        "spawned",
+        "shipped",
+        "loaded",
+        "ready",
+        "first_response",
+        "total",
+    ]
     assert durations["total"] == pytest.approx(0.008)
     assert sum(v for k, v in durations.items() if k != "total") == pytest.approx(0.008)
     stats = percentiles([record, record])

@@ -325,7 +325,8 @@ def describe(name: str, namespace: str | None = NS_OPT, as_json: bool = JSON_OPT
             "INSTANCE",
             "TRIGGER",
             "scheduled",
-            "spawned",
+            "shell",
+            "shipped",
             "loaded",
             "ready",
             "first_response",
@@ -340,7 +341,15 @@ def describe(name: str, namespace: str | None = NS_OPT, as_json: bool = JSON_OPT
                 rec["trigger"],
                 *(
                     f"{d[p]:.3f}" if p in d else "-"
-                    for p in ("scheduled", "spawned", "loaded", "ready", "first_response", "total")
+                    for p in (
+                        "scheduled",
+                        "spawned",
+                        "shipped",
+                        "loaded",
+                        "ready",
+                        "first_response",
+                        "total",
+                    )
                 ),
                 rec["error"][:40],
             )

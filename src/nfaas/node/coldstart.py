@@ -5,14 +5,16 @@ from __future__ import annotations
 import statistics
 from dataclasses import asdict, dataclass
 
-PHASES = ("scheduled", "spawned", "loaded", "ready", "first_response")
+PHASES = ("scheduled", "spawned", "shipped", "loaded", "ready", "first_response")
 
 
 @dataclass
 class ColdStart:
     """Monotonic timestamps in seconds; ``accepted`` is when the triggering request arrived.
 
-    ``spawned`` marks the shell acquired: taken from the prepared pool, or forked on demand.
+    ``spawned`` marks the shell acquired (taken from the prepared pool, or made on demand);
+    ``shipped`` the function's code in place inside it with its limits and uid applied (for
+    containers: the bundle sent over the stream and unpacked); ``loaded`` the handler imported.
     """
 
     instance_id: str
@@ -21,6 +23,7 @@ class ColdStart:
     shell: str = ""  # "prepared" (taken from the shell pool) or "fresh" (made on demand)
     scheduled: float = 0.0
     spawned: float = 0.0
+    shipped: float = 0.0
     loaded: float = 0.0
     ready: float = 0.0
     first_response: float = 0.0

@@ -241,6 +241,7 @@ class FunctionPool:
             timings = LoadTimings(spawned=record.spawned)
             instance = await shell.load(spec, self.key[0], bundle, timings, hooks)
             record.loaded = timings.loaded or time.monotonic()
+            record.shipped = timings.shipped or record.loaded
         except Exception as exc:
             self.shells.refill()
             self.starting -= 1

@@ -72,7 +72,8 @@ class LoadTimings:
     """Monotonic timestamps (seconds) of the phases of turning a shell into an instance."""
 
     spawned: float = 0.0
-    loaded: float = 0.0
+    shipped: float = 0.0  # the code is in place in the sandbox (limits, uid applied)
+    loaded: float = 0.0  # the handler is imported
 
 
 @dataclass(frozen=True)

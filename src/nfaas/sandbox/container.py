@@ -21,7 +21,6 @@ import shutil
 import signal
 import socket
 import sys
-import time
 from pathlib import Path
 
 from nfaas.core.spec import FunctionSpec
@@ -40,7 +39,7 @@ from nfaas.sandbox.base import (
 from nfaas.sandbox.cgroups import Cgroup
 from nfaas.sandbox.procstats import describe_exit, read_stats
 from nfaas.sandbox.stream import LineReader, WorkerStream
-from nfaas.sandbox.stream_instance import StreamInstance
+from nfaas.sandbox.stream_instance import StreamInstance, note_loaded
 from nfaas.sandbox.uids import UidPool
 from nfaas.worker.protocol import Load, Loaded, Ping, Pong
 
@@ -252,7 +251,7 @@ class ContainerShell(Shell):
         except (TimeoutError, SandboxError) as exc:
             await self.discard()
             raise LoadFailed(f"worker did not load: {exc or 'timeout'}") from None
-        timings.loaded = time.monotonic()
+        note_loaded(timings, reply)
         if not isinstance(reply, Loaded) or not reply.ok:
             await self.discard()
             raise LoadFailed(reply.error if isinstance(reply, Loaded) else "unexpected reply")

@@ -38,7 +38,7 @@ from nfaas.sandbox.base import (
 )
 from nfaas.sandbox.procstats import describe_exit, read_stats
 from nfaas.sandbox.stream import LineReader, WorkerStream
-from nfaas.sandbox.stream_instance import StreamInstance
+from nfaas.sandbox.stream_instance import StreamInstance, note_loaded
 from nfaas.sandbox.uids import UidPool
 from nfaas.worker.protocol import Load, Loaded
 
@@ -169,7 +169,7 @@ class ProcessShell(Shell):
         except (TimeoutError, SandboxError) as exc:
             await instance.stop()
             raise LoadFailed(f"worker did not load: {exc or 'timeout'}") from None
-        timings.loaded = time.monotonic()
+        note_loaded(timings, reply)
         if not isinstance(reply, Loaded) or not reply.ok:
             await instance.stop()
             raise LoadFailed(reply.error if isinstance(reply, Loaded) else "unexpected reply")

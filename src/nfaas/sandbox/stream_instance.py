@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
-from nfaas.sandbox.base import HandlerError, Instance, InvokeTimeout, Request, Response, WorkerDied
+from nfaas.sandbox.base import (
+    HandlerError,
+    Instance,
+    InvokeTimeout,
+    LoadTimings,
+    Request,
+    Response,
+    WorkerDied,
+)
 from nfaas.sandbox.stream import WorkerStream
-from nfaas.worker.protocol import Error, Invoke, Result
+from nfaas.worker.protocol import Error, Invoke, Loaded, Message, Result
+
+
+def note_loaded(timings: LoadTimings, reply: Message) -> None:
+    """Stamp ``loaded`` now and ``shipped`` from the worker's own account of its import."""
+    timings.loaded = time.monotonic()
+    imported = reply.import_seconds if isinstance(reply, Loaded) else 0.0
+    timings.shipped = timings.loaded - imported
 
 
 def _expire(fut: asyncio.Future[Any]) -> None:

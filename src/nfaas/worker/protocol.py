@@ -40,6 +40,9 @@ class Loaded(msgspec.Struct, tag="loaded", array_like=True):
     ok: bool
     error: str = ""
     load_seconds: float = 0.0
+    import_seconds: float = (
+        0.0  # of load_seconds: importing the handler, after the code was in place
+    )
 
 
 class Invoke(msgspec.Struct, tag="invoke", array_like=True):

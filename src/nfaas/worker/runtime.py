@@ -130,7 +130,9 @@ class Worker:
             os.environ.clear()  # already empty in a warmed-up shell: cheap
             os.environ.update(msg.env)
             self.context = Context(msg.function_name, msg.namespace, msg.instance_id, dict(msg.env))
+            importing = time.perf_counter()
             self.handle = import_handler(msg.code_dir, msg.deps_dir)
+            imported = time.perf_counter() - importing
         except BaseException as exc:  # a broken handler must not take the shell down silently
             traceback.print_exc()
             sys.stderr.flush()
@@ -138,7 +140,7 @@ class Worker:
         if msg.concurrency > 1:
             threading.stack_size(THREAD_STACK)
             self.pool = ThreadPoolExecutor(max_workers=msg.concurrency)
-        return Loaded(msg.id, True, "", time.perf_counter() - started)
+        return Loaded(msg.id, True, "", time.perf_counter() - started, imported)
 
     def invoke(self, msg: Invoke) -> None:
         assert self.handle is not None
