@@ -100,7 +100,14 @@ def write_manifest(root: Path, functions: dict[str, tuple[str, dict[str, Any]]])
 class Platform:
     """One ``nfaas up`` subprocess on a private data directory and a free port."""
 
-    def __init__(self, data_dir: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        extra_env: dict[str, str] | None = None,
+        extra_args: tuple[str, ...] = ("--microvm-pool", "0"),
+    ) -> None:
+        # No booted guest waiting by default: under TCG each takes seconds of CPU.
+        self.extra_args = extra_args
         self.data_dir = data_dir
         self.extra_env = extra_env or {}
         self.port = 0
@@ -133,7 +140,15 @@ class Platform:
         env.pop("NFAAS_TOKEN", None)
         with open(self.log_path, "ab") as log:
             proc = subprocess.Popen(
-                [NFAAS, "up", "--data", str(self.data_dir), "--port", str(self.port)],
+                [
+                    NFAAS,
+                    "up",
+                    "--data",
+                    str(self.data_dir),
+                    "--port",
+                    str(self.port),
+                    *self.extra_args,
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

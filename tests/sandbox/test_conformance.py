@@ -31,6 +31,8 @@ from nfaas.sandbox.base import (
     WorkerDied,
 )
 from nfaas.sandbox.container import ContainerDriver
+from nfaas.sandbox.guest_image import find_kernel
+from nfaas.sandbox.microvm import MicroVmDriver
 from nfaas.sandbox.process import ProcessDriver
 
 HANDLER = textwrap.dedent(
@@ -55,6 +57,8 @@ HANDLER = textwrap.dedent(
 DRIVERS: dict[str, Callable[[Path], Driver]] = {"process": ProcessDriver}
 if shutil.which("runc") and os.getuid() == 0:
     DRIVERS["container"] = ContainerDriver
+if shutil.which("qemu-system-x86_64") and find_kernel() is not None:
+    DRIVERS["microvm"] = MicroVmDriver
 
 
 @pytest.fixture(params=sorted(DRIVERS))
@@ -119,7 +123,7 @@ def test_invoke_returns_the_handlers_answer(world) -> None:
         if isinstance(driver, ProcessDriver):
             assert data["cwd"].startswith(str(root / "data"))  # its own instance directory
         else:
-            assert data["cwd"] == "/tmp"  # the container's private tmpfs
+            assert data["cwd"] == "/tmp"  # the sandbox's private tmpfs
         assert inst.stats().uss > 0
         await inst.stop()
         assert not inst.alive
@@ -169,8 +173,8 @@ def test_kill_mid_request_is_worker_died(world) -> None:
 def test_memory_limit(world) -> None:
     async def body(driver, root, logs, exits) -> None:
         inst = await load(driver, root, logs, exits)
-        if isinstance(driver, ProcessDriver):
-            # rlimit: the allocation fails inside the handler; the instance lives on
+        if not isinstance(driver, ContainerDriver):
+            # rlimit (process, and inside a guest): the allocation fails in the handler
             with pytest.raises(HandlerError) as info:
                 await inst.invoke(req("/hog"), 10)
             assert info.value.kind == "MemoryError"

@@ -71,6 +71,14 @@ def up(
     container_pool: int = typer.Option(
         1, "--container-pool", help="Prepared container shells kept ready."
     ),
+    microvm_pool: int = typer.Option(
+        1, "--microvm-pool", help="Prepared (booted) microVM shells kept ready."
+    ),
+    guest_kernel: str | None = typer.Option(
+        None,
+        "--guest-kernel",
+        help="Kernel for microVM guests (default: /boot/vmlinuz-*-cloud-amd64).",
+    ),
     oci_runtime: str = typer.Option(
         "runc",
         "--oci-runtime",
@@ -90,6 +98,8 @@ def up(
                 shell_pool=shell_pool,
                 container_pool=container_pool,
                 oci_runtime=oci_runtime,
+                microvm_pool=microvm_pool,
+                guest_kernel=guest_kernel,
             )
         )
     except RuntimeError as exc:

@@ -49,6 +49,8 @@ class PlatformConfig:
     shell_pool: int = 2
     container_pool: int = 1
     oci_runtime: str = "runc"
+    microvm_pool: int = 1
+    guest_kernel: str | None = None
 
 
 def check_reachable(data_dir: Path) -> None:
@@ -85,6 +87,8 @@ class Platform:
             config.shell_pool,
             config.container_pool,
             config.oci_runtime,
+            config.microvm_pool,
+            config.guest_kernel,
         )
         self.scalers: dict[FunctionKey, Kpa] = {}
         self.started_at = time.time()

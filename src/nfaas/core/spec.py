@@ -17,7 +17,7 @@ from nfaas.core.units import parse_duration, parse_size
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 RUNTIMES = ("python",)
-ISOLATIONS = ("process", "container")
+ISOLATIONS = ("process", "container", "microvm")
 
 
 class SpecError(ValueError):

@@ -14,6 +14,7 @@ from nfaas.node.pool import FunctionPool
 from nfaas.node.shells import ShellPool
 from nfaas.sandbox.base import CodeBundle, Driver, Request, Response, SandboxError
 from nfaas.sandbox.container import ContainerDriver
+from nfaas.sandbox.microvm import MicroVmDriver
 from nfaas.sandbox.process import ProcessDriver
 
 log = logging.getLogger("nfaas.node")
@@ -32,12 +33,15 @@ class NodeAgent:
         shell_pool: int = 2,
         container_pool: int = 1,
         oci_runtime: str = "runc",
+        microvm_pool: int = 1,
+        guest_kernel: str | None = None,
     ) -> None:
         self.drivers: dict[str, Driver] = {
             "process": ProcessDriver(data_dir),
             "container": ContainerDriver(data_dir, oci_runtime),
+            "microvm": MicroVmDriver(data_dir, guest_kernel),
         }
-        sizes = {"process": shell_pool, "container": container_pool}
+        sizes = {"process": shell_pool, "container": container_pool, "microvm": microvm_pool}
         self.shells = {name: ShellPool(d, sizes[name]) for name, d in self.drivers.items()}
         # tiers this node cannot offer, and why (e.g. no OCI runtime installed)
         self.unavailable: dict[str, str] = {}

@@ -64,6 +64,15 @@ class WorkerStream(asyncio.Protocol):
         self._transport.write(encode(msg))
         return fut
 
+    def expect(self, message_id: int) -> asyncio.Future[Message]:
+        """A future for a message the peer will send unasked (e.g. a guest's hello)."""
+        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        if self.closed:
+            fut.set_exception(WorkerDied("worker stream is closed"))
+        else:
+            self._pending[message_id] = fut
+        return fut
+
     def forget(self, request_id: int) -> None:
         self._pending.pop(request_id, None)
 
@@ -82,7 +91,8 @@ class LineReader(asyncio.Protocol):
         lines = (self._partial + data).split(b"\n")
         self._partial = lines.pop()
         for line in lines:
-            self._on_line(line.decode(errors="replace"))
+            # a guest's console is a terminal: its lines end in CR LF
+            self._on_line(line.rstrip(b"\r").decode(errors="replace"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._partial:

@@ -12,6 +12,8 @@ import struct
 import msgspec
 
 HEADER = struct.Struct(">I")
+# A guest announces itself with an unsolicited Pong carrying this id once its port is ready.
+HELLO_ID = 0
 MAX_FRAME = 256 * 1024 * 1024
 
 

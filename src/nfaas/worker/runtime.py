@@ -12,7 +12,6 @@ import importlib.util
 import io
 import os
 import resource
-import socket
 import sys
 import threading
 import time
@@ -20,7 +19,7 @@ import traceback
 import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from nfaas.worker.handler_io import Context, make_event, to_response
 from nfaas.worker.protocol import (
@@ -107,7 +106,9 @@ def import_handler(code_dir: str, deps_dir: str) -> Callable[[Any, Any], Any]:
 
 
 class Worker:
-    def __init__(self, sock: socket.socket) -> None:
+    """Serves one stream: anything with ``recv(n) -> bytes`` and ``sendall(data)``."""
+
+    def __init__(self, sock: Channel) -> None:
         self.sock = sock
         self.lock = threading.Lock()
         self.handle: Callable[[Any, Any], Any] | None = None
@@ -196,7 +197,28 @@ def warm_up() -> None:
     encode(Result(0, 200, [], b""))
 
 
-def serve(sock: socket.socket, ahead: bool) -> NoReturn:
+class Channel(Protocol):
+    def recv(self, size: int, /) -> bytes: ...
+
+    def sendall(self, data: bytes, /) -> None: ...
+
+
+class FdChannel:
+    """A stream over a plain file descriptor (a serial port in a microVM)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def recv(self, size: int, /) -> bytes:
+        return os.read(self.fd, size)
+
+    def sendall(self, data: bytes, /) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+
+def serve(sock: Channel, ahead: bool) -> NoReturn:
     """Serve the stream; a shell prepared ``ahead`` of demand warms up first."""
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]

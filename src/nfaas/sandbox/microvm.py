@@ -1,0 +1,380 @@
+"""MicroVM sandbox: each instance in its own QEMU ``-M microvm`` guest with its own kernel.
+
+A shell is a booted guest (Debian's cloud kernel + the initramfs of ``guest_image``) whose init
+runs the worker on its second serial port; QEMU connects that port to a Unix socket on the
+node, so the same framed protocol is spoken. Pause and resume are QMP ``stop``/``cont``. KVM is
+used only once a real boot under KVM has succeeded (probed in the background); until then,
+and where it fails, guests run under TCG, which is much slower to boot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import time
+from pathlib import Path
+
+from nfaas.core.spec import FunctionSpec
+from nfaas.sandbox.base import (
+    CodeBundle,
+    Driver,
+    Instance,
+    InstanceHooks,
+    InstanceStats,
+    LoadFailed,
+    LoadTimings,
+    SandboxError,
+    Shell,
+)
+from nfaas.sandbox.guest_image import build_image, find_kernel
+from nfaas.sandbox.procstats import describe_exit, read_stats
+from nfaas.sandbox.qmp import Qmp
+from nfaas.sandbox.stream import LineReader, WorkerStream
+from nfaas.sandbox.stream_instance import StreamInstance, note_loaded
+from nfaas.worker.protocol import HELLO_ID, Load, Loaded, Pong
+
+log = logging.getLogger("nfaas.microvm")
+BOOT_TIMEOUT = {"kvm": 20.0, "tcg": 120.0}
+LOAD_TIMEOUT = 60.0
+GUEST_WORKDIR = "/tmp"
+GUEST_CODE = "/code"
+GUEST_UID = 1000  # the guest is the instance's own machine: any unprivileged uid will do
+CMDLINE = "console=ttyS0 rdinit=/init panic=-1 quiet loglevel=1 8250.nr_uarts=2"
+
+
+def kvm_usable_by_file() -> bool:
+    return os.path.exists("/dev/kvm") and os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+def cache_dir() -> Path:
+    """Node-wide cache (guest images, the KVM probe), shared by every data directory."""
+    default = "/var/cache/nfaas" if os.getuid() == 0 else str(Path.home() / ".cache" / "nfaas")
+    return Path(os.environ.get("NFAAS_CACHE", default))
+
+
+def _probe_file() -> Path:
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    return cache_dir() / f"kvm-probe-{boot_id}.json"
+
+
+def _read_probe() -> tuple[str, str] | None:
+    try:
+        data = json.loads(_probe_file().read_text())
+        return str(data["accel"]), str(data["detail"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _write_probe(accel: str, detail: str) -> None:
+    path = _probe_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"accel": accel, "detail": detail}))
+
+
+class MicroVmInstance(StreamInstance):
+    def __init__(self, shell: MicroVmShell, stream: WorkerStream) -> None:
+        super().__init__(shell.id, shell.pid, stream)
+        self._shell = shell
+
+    async def pause(self) -> None:
+        await self._shell.qmp_execute("stop")
+
+    async def resume(self) -> None:
+        await self._shell.qmp_execute("cont")
+
+    async def stop(self) -> None:
+        await self._shell.discard()
+
+    def stats(self) -> InstanceStats:
+        return read_stats(self.pid)  # the QEMU process is the whole sandbox
+
+
+class MicroVmShell(Shell):
+    def __init__(self, driver: MicroVmDriver, shell_id: str) -> None:
+        self.id = shell_id
+        self.driver = driver
+        self.dir = driver.shells_dir / shell_id
+        self.pid = 0
+        self.accel = driver.accel
+        self.boot_seconds = 0.0
+        self.stream: WorkerStream | None = None
+        self._qmp: Qmp | None = None
+        self._process: asyncio.subprocess.Process | None = None
+        self._hooks: InstanceHooks | None = None
+        self._early: list[str] = []
+        self._discarded = False
+        self._watcher: asyncio.Task[None] | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.stream is not None and not self.stream.closed
+
+    def _lost(self, reason: str) -> None:
+        if self._hooks is not None:
+            self._hooks.on_exit(reason)
+
+    def _line(self, text: str) -> None:
+        if self._hooks is not None:
+            self._hooks.on_log(text)
+        else:
+            self._early.append(text)
+
+    def command(self, accel: str) -> list[str]:
+        driver = self.driver
+        return [
+            driver.qemu,
+            "-M",
+            "microvm,isa-serial=on,rtc=on",
+            "-accel",
+            accel,
+            "-cpu",
+            "host" if accel == "kvm" else "max",
+            "-m",
+            f"{driver.memory_mib}M",
+            "-smp",
+            str(driver.vcpus),
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-no-reboot",
+            "-kernel",
+            str(driver.kernel),
+            "-initrd",
+            str(driver.image),
+            "-append",
+            CMDLINE,
+            "-serial",
+            "stdio",
+            "-chardev",
+            f"socket,id=nfaas,path={self.dir / 'stream.sock'},server=on,wait=off",
+            "-device",
+            "isa-serial,chardev=nfaas,iobase=0x2f8,irq=3,index=1",
+            "-qmp",
+            f"unix:{self.dir / 'qmp.sock'},server=on,wait=off",
+        ]
+
+    async def start(self) -> None:
+        self.dir.mkdir(mode=0o700)
+        started = time.monotonic()
+        log_r, log_w = os.pipe()
+        loop = asyncio.get_running_loop()
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                *self.command(self.accel),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_w,
+                stderr=log_w,
+                start_new_session=True,
+            )
+        finally:
+            os.close(log_w)
+        self.pid = self._process.pid
+        await loop.connect_read_pipe(lambda: LineReader(self._line), os.fdopen(log_r, "rb", 0))
+        self._watcher = loop.create_task(self._watch(self._process))
+        try:
+            await self._connect(started)
+        except (TimeoutError, OSError, SandboxError) as exc:
+            said = " | ".join(self._early[-5:])
+            await self.discard()
+            raise SandboxError(
+                f"microVM shell did not boot ({self.accel}): {exc or 'timeout'}: {said}"
+            ) from None
+        self.boot_seconds = time.monotonic() - started
+
+    async def _connect(self, started: float) -> None:
+        sock_path = str(self.dir / "stream.sock")
+        while not os.path.exists(sock_path):
+            if self._process is None or self._process.returncode is not None:
+                raise SandboxError("QEMU exited")
+            if time.monotonic() - started > 10:
+                raise SandboxError("QEMU did not open its sockets")
+            await asyncio.sleep(0.005)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, sock_path)
+        _, self.stream = await asyncio.get_running_loop().create_unix_connection(
+            lambda: WorkerStream(self._lost), sock=sock
+        )
+        hello = self.stream.expect(HELLO_ID)
+        reply = await asyncio.wait_for(hello, BOOT_TIMEOUT[self.accel])
+        if not isinstance(reply, Pong):
+            raise SandboxError("the guest did not say hello")
+        self._qmp = await Qmp.connect(str(self.dir / "qmp.sock"))
+
+    async def _watch(self, process: asyncio.subprocess.Process) -> None:
+        status = await process.wait()
+        self._line(f"[nfaas] microVM {describe_exit(status)}")
+
+    async def qmp_execute(self, command: str) -> None:
+        if self._qmp is None:
+            raise SandboxError("no QMP connection")
+        await self._qmp.execute(command)
+
+    async def load(
+        self,
+        spec: FunctionSpec,
+        namespace: str,
+        bundle: CodeBundle,
+        timings: LoadTimings,
+        hooks: InstanceHooks,
+    ) -> Instance:
+        stream = self.stream
+        if stream is None or stream.closed:
+            raise LoadFailed("shell is gone")
+        self._hooks = hooks
+        uid = GUEST_UID
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": GUEST_WORKDIR,
+            "LANG": "C.UTF-8",
+            **spec.env,
+            "NFAAS_FUNCTION": spec.name,
+            "NFAAS_NAMESPACE": namespace,
+            "NFAAS_INSTANCE": self.id,
+        }
+        load = Load(
+            id=stream.next_id(),
+            code_dir=GUEST_CODE,
+            function_name=spec.name,
+            namespace=namespace,
+            instance_id=self.id,
+            workdir=GUEST_WORKDIR,
+            env=env,
+            uid=uid,
+            gid=uid,
+            rlimits={
+                "memory": spec.limits.memory,
+                "cpu_time": max(1, int(spec.limits.cpu_time)),
+                "open_files": spec.limits.open_files,
+                "processes": spec.limits.processes,
+                "core": 0,
+            },
+            concurrency=spec.scale.target_concurrency,
+            bundle=Path(bundle.archive).read_bytes(),
+        )
+        try:
+            reply = await asyncio.wait_for(stream.request(load), LOAD_TIMEOUT)
+        except (TimeoutError, SandboxError) as exc:
+            await self.discard()
+            raise LoadFailed(f"worker did not load: {exc or 'timeout'}") from None
+        note_loaded(timings, reply)
+        if not isinstance(reply, Loaded) or not reply.ok:
+            await self.discard()
+            raise LoadFailed(reply.error if isinstance(reply, Loaded) else "unexpected reply")
+        return MicroVmInstance(self, stream)
+
+    async def discard(self) -> None:
+        if self._discarded:
+            return
+        self._discarded = True
+        if self._qmp is not None:
+            self._qmp.close()
+        if self.stream is not None:
+            self.stream.close()
+        if self._process is not None and self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+            await self._process.wait()
+        self.driver.forget(self)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class MicroVmDriver(Driver):
+    name = "microvm"
+
+    def __init__(
+        self, data_dir: Path, kernel: str | None = None, memory_mib: int = 256, vcpus: int = 1
+    ) -> None:
+        self.root = data_dir / "microvm"
+        self.shells_dir = self.root / "shells"
+        self.qemu = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
+        self.kernel = find_kernel(kernel)
+        self.image = Path()
+        self.memory_mib = memory_mib
+        self.vcpus = vcpus
+        self.accel = "tcg"
+        self.kvm_probe = "not probed"
+        self.boot = f"{os.getpid():x}{secrets.token_hex(2)}"
+        self._ids = itertools.count(1)
+        self._shells: set[MicroVmShell] = set()
+        self._probe: asyncio.Task[None] | None = None
+        self._image_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Checks only; the guest image is built (once per node) by the first ``prepare``."""
+        if not os.path.exists(self.qemu):
+            raise SandboxError("qemu-system-x86_64 not found")
+        if self.kernel is None or not self.kernel.exists():
+            raise SandboxError("no guest kernel (install linux-image-cloud-amd64 or configure one)")
+        if not os.access(self.kernel, os.R_OK):
+            raise SandboxError(f"guest kernel {self.kernel} is not readable")
+        shutil.rmtree(self.shells_dir, ignore_errors=True)
+        self.shells_dir.mkdir(parents=True, mode=0o700)
+        known = _read_probe()
+        if known is not None:
+            self.accel, self.kvm_probe = known
+        elif kvm_usable_by_file():
+            self._probe = asyncio.get_running_loop().create_task(self._probe_kvm())
+        else:
+            self.kvm_probe = "no usable /dev/kvm"
+        if self.accel == "tcg":
+            log.warning("microVMs run under TCG (software emulation): %s", self.kvm_probe)
+
+    async def _ensure_image(self) -> None:
+        async with self._image_lock:
+            if not self.image.is_file():
+                self.image = await asyncio.to_thread(build_image, cache_dir() / "guest")
+
+    async def _probe_kvm(self) -> None:
+        """Boot one guest under KVM; only if it says hello do later shells use KVM.
+
+        The answer holds until the host reboots, so it is kept (per boot id) for later runs."""
+        await self._ensure_image()
+        shell = MicroVmShell(self, f"probe-{self.boot}")
+        shell.accel = "kvm"
+        try:
+            await shell.start()
+        except SandboxError as exc:
+            self.kvm_probe = f"a KVM boot failed: {str(exc)[:300]}"
+            log.warning("microVMs run under TCG (software emulation): %s", self.kvm_probe)
+        else:
+            self.accel = "kvm"
+            self.kvm_probe = f"a KVM boot took {shell.boot_seconds * 1000:.0f} ms"
+        finally:
+            await shell.discard()
+        _write_probe(self.accel, self.kvm_probe)
+
+    async def prepare(self, ahead: bool = True) -> Shell:
+        await self._ensure_image()
+        shell = MicroVmShell(self, f"v{self.boot}-{next(self._ids)}")
+        self._shells.add(shell)
+        await shell.start()
+        return shell
+
+    def forget(self, shell: MicroVmShell) -> None:
+        self._shells.discard(shell)
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+        for shell in list(self._shells):
+            await shell.discard()
+
+    def info(self) -> dict[str, object]:
+        return {
+            "driver": self.name,
+            "accel": self.accel,
+            "kvm_probe": self.kvm_probe,
+            "kernel": str(self.kernel),
+            "image": str(self.image),
+            "memory_mib": self.memory_mib,
+            "vcpus": self.vcpus,
+        }
