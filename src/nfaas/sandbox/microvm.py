@@ -47,7 +47,7 @@ LOAD_TIMEOUT = 60.0
 GUEST_WORKDIR = "/tmp"
 GUEST_CODE = "/code"
 GUEST_UID = 1000  # the guest is the instance's own machine: any unprivileged uid will do
-CMDLINE = "console=ttyS0 rdinit=/init panic=-1 quiet loglevel=1 8250.nr_uarts=2"
+CMDLINE = "console=ttyS0 rdinit=/init panic=-1 quiet loglevel=1 8250.nr_uarts=2 tsc=reliable no_timer_check"
 
 
 def kvm_usable_by_file() -> bool:
@@ -132,7 +132,7 @@ class MicroVmShell(Shell):
         return [
             driver.qemu,
             "-M",
-            "microvm,isa-serial=on,rtc=on",
+            "microvm,isa-serial=on,rtc=on,pit=on,pic=on",
             "-accel",
             accel,
             "-cpu",
@@ -182,7 +182,7 @@ class MicroVmShell(Shell):
         try:
             await self._connect(started)
         except (TimeoutError, OSError, SandboxError) as exc:
-            said = " | ".join(self._early[-5:])
+            said = " | ".join(self._early[-12:])
             await self.discard()
             raise SandboxError(
                 f"microVM shell did not boot ({self.accel}): {exc or 'timeout'}: {said}"

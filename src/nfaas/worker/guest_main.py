@@ -23,6 +23,7 @@ def mount_all() -> None:
         if libc.mount(source.encode(), target.encode(), kind.encode(), 0, None) != 0:
             print(f"[nfaas] mount {target}: errno {ctypes.get_errno()}", file=sys.stderr)
     os.chmod("/tmp", 0o1777)
+    os.chmod("/", 0o755)  # the initramfs root starts out world-writable
     os.makedirs("/code", mode=0o755, exist_ok=True)
 
 
