@@ -137,7 +137,10 @@ def test_handler_exception_is_reported_with_its_type_and_logged(world) -> None:
         with pytest.raises(HandlerError) as info:
             await inst.invoke(req("/raise"), 5)
         assert info.value.kind == "ValueError" and "bad input" in info.value.message
-        await asyncio.sleep(0.1)
+        for _ in range(100):
+            if any("Traceback" in line for line in logs):
+                break
+            await asyncio.sleep(0.05)
         assert any("Traceback" in line for line in logs)
         assert (await inst.invoke(req(), 5)).status == 200  # still serving
         await inst.stop()
@@ -217,7 +220,10 @@ def test_log_lines_reach_the_node(world) -> None:
     async def body(driver, root, logs, exits) -> None:
         inst = await load(driver, root, logs, exits)
         await inst.invoke(req("/log"), 5)
-        await asyncio.sleep(0.1)
+        for _ in range(100):  # a guest's console is a slow serial line
+            if "line from the handler" in logs:
+                break
+            await asyncio.sleep(0.05)
         assert "line from the handler" in logs
         await inst.stop()
 

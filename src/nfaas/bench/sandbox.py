@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from nfaas.bench.report import markdown, print_table, save, summary
 from nfaas.sandbox import oci
 from nfaas.sandbox.base import Driver
 from nfaas.sandbox.container import ContainerDriver
+from nfaas.sandbox.guest_image import find_kernel
+from nfaas.sandbox.microvm import MicroVmDriver, cache_dir
 from nfaas.sandbox.process import ProcessDriver
 
 
@@ -35,7 +38,14 @@ def available_tiers() -> list[str]:
     tiers = ["process"]
     if shutil.which("runc") and os.getuid() == 0:
         tiers.append("container")
+    if shutil.which("qemu-system-x86_64") and find_kernel() is not None:
+        tiers.append("microvm")
     return tiers
+
+
+def scaled(tier: str, count: int) -> int:
+    """A guest under TCG takes seconds of CPU to boot: fewer of them."""
+    return max(3, count // 10) if tier == "microvm" else count
 
 
 def spec_for(tier: str, **scale: Any) -> dict[str, Any]:
@@ -70,8 +80,12 @@ def prepare_stats(tier: str, count: int) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="nfaas-bench-prep-", dir="/tmp"))
     root.chmod(0o711)
     try:
-        driver: Driver = ProcessDriver(root) if tier == "process" else ContainerDriver(root)
-        times, rate = asyncio.run(_prepare_times(driver, count))
+        drivers: dict[str, Callable[[Path], Driver]] = {
+            "process": ProcessDriver,
+            "container": ContainerDriver,
+            "microvm": MicroVmDriver,
+        }
+        times, rate = asyncio.run(_prepare_times(drivers[tier](root), scaled(tier, count)))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return {"prepare_ms": summary(times), "creation_rate_per_s": rate}
@@ -157,6 +171,17 @@ def idle_memory(platform: PlatformProcess, tier: str, count: int) -> dict[str, A
 
 
 def disk_footprint(tier: str) -> dict[str, Any]:
+    if tier == "microvm":
+        images = sorted((cache_dir() / "guest").glob("initrd-*.cpio"), key=os.path.getmtime)
+        kernel = find_kernel()
+        qemu = shutil.which("qemu-system-x86_64") or ""
+        return {
+            "per_instance_kib": 0.0,
+            "tier_binary_mib": round(os.path.getsize(qemu) / 1024**2, 1) if qemu else 0.0,
+            "guest_image_mib": round(os.path.getsize(images[-1]) / 1024**2, 1) if images else 0.0,
+            "kernel_mib": round(os.path.getsize(kernel) / 1024**2, 1) if kernel else 0.0,
+            "note": "one shared kernel and initramfs; guest memory is not backed by files",
+        }
     if tier == "process":
         return {
             "per_instance_kib": 0.0,
@@ -174,15 +199,9 @@ def disk_footprint(tier: str) -> dict[str, Any]:
 
 def run(runs: int = 40, idle: int = 50) -> dict[str, Any]:
     tiers = available_tiers()
-    results: dict[str, Any] = {
-        "experiment": "sandbox",
-        "tiers": {},
-        "unavailable": {"microvm": "not built yet"},
-    }
-    with (
-        PlatformProcess() as warm,
-        PlatformProcess(["--shell-pool", "0", "--container-pool", "0"]) as cold,
-    ):
+    results: dict[str, Any] = {"experiment": "sandbox", "tiers": {}}
+    empty_pools = ["--shell-pool", "0", "--container-pool", "0", "--microvm-pool", "0"]
+    with PlatformProcess() as warm, PlatformProcess(empty_pools) as cold:
         for tier in tiers:
             warm.deploy(f"hello-{tier}", examples_dir() / "hello", spec_for(tier))
             cold.deploy(f"hello-{tier}", examples_dir() / "hello", spec_for(tier))
@@ -193,17 +212,24 @@ def run(runs: int = 40, idle: int = 50) -> dict[str, Any]:
         for _ in range(5):  # interleaved, so all see the same machine
             for tier in tiers:
                 prepared[tier] += measure_nfaas(warm, f"hello-{tier}", part)[0]
-                empty[tier] += measure_nfaas(cold, f"hello-{tier}", part)[0]
+                empty[tier] += measure_nfaas(cold, f"hello-{tier}", scaled(tier, part))[0]
             if "container" in tiers:
                 baseline += runc_baseline(part)
+        drivers = warm.api.get("/system/info").json()["drivers"]
+        microvm = next((d for d in drivers if d["driver"] == "microvm"), None)
+        if microvm:
+            results["microvm_accel"] = {
+                "accel": microvm["accel"],
+                "kvm_probe": microvm["kvm_probe"],
+            }
         for tier in tiers:
             phases = warm.describe(f"hello-{tier}")["status"]["cold_start_percentiles_ms"]
             results["tiers"][tier] = {
                 "cold_prepared_ms": summary(prepared[tier]),
                 "cold_empty_pool_ms": summary(empty[tier]),
                 "phases_ms": phases,
-                **resume_latency(warm, tier, max(10, runs // 2)),
-                **idle_memory(warm, tier, idle),
+                **resume_latency(warm, tier, max(5, scaled(tier, runs) // 2)),
+                **idle_memory(warm, tier, scaled(tier, idle)),
                 "disk": disk_footprint(tier),
             }
     for tier in tiers:

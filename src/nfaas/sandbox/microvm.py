@@ -47,7 +47,9 @@ LOAD_TIMEOUT = 60.0
 GUEST_WORKDIR = "/tmp"
 GUEST_CODE = "/code"
 GUEST_UID = 1000  # the guest is the instance's own machine: any unprivileged uid will do
-CMDLINE = "console=ttyS0 rdinit=/init panic=-1 quiet loglevel=1 8250.nr_uarts=2 tsc=reliable no_timer_check"
+CMDLINE = (
+    "console=ttyS0 rdinit=/init panic=-1 loglevel=4 8250.nr_uarts=2 tsc=reliable no_timer_check"
+)
 
 
 def kvm_usable_by_file() -> bool:
@@ -137,6 +139,9 @@ class MicroVmShell(Shell):
             accel,
             "-cpu",
             "host" if accel == "kvm" else "max",
+            # Under TCG, guest time follows executed instructions: a busy host then cannot make
+            # the kernel's early clock calibration hang (it did, without this).
+            *(["-icount", "shift=auto"] if accel == "tcg" else []),
             "-m",
             f"{driver.memory_mib}M",
             "-smp",
