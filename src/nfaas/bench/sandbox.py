@@ -211,7 +211,7 @@ def run(runs: int = 40, idle: int = 50) -> dict[str, Any]:
         part = max(1, runs // 5)
         for _ in range(5):  # interleaved, so all see the same machine
             for tier in tiers:
-                prepared[tier] += measure_nfaas(warm, f"hello-{tier}", part)[0]
+                prepared[tier] += measure_nfaas(warm, f"hello-{tier}", scaled(tier, part))[0]
                 empty[tier] += measure_nfaas(cold, f"hello-{tier}", scaled(tier, part))[0]
             if "container" in tiers:
                 baseline += runc_baseline(part)
