@@ -94,3 +94,9 @@ def test_413_is_counted(platform: Platform, unique_name) -> None:
         )
         == 1
     )
+
+
+def test_shell_pools_are_exported(platform) -> None:
+    text = platform.get("/metrics").text
+    assert 'nfaas_shells_target{tier="process"} 2.0' in text
+    assert 'nfaas_shells_ready{tier="process"}' in text

@@ -44,7 +44,12 @@ class PoolCollector(Collector):
             starting.add_metric(name, pool.starting)
             queued.add_metric(name, len(pool.waiters))
             inflight.add_metric(name, sum(s.inflight for s in pool.slots))
-        yield from (replicas, starting, queued, inflight)
+        ready = GaugeMetricFamily("nfaas_shells_ready", "Prepared shells waiting", labels=["tier"])
+        target = GaugeMetricFamily("nfaas_shells_target", "Prepared shells wanted", labels=["tier"])
+        for tier, shells in self._agent.shells.items():
+            ready.add_metric([tier], len(shells.ready))
+            target.add_metric([tier], shells.size)
+        yield from (replicas, starting, queued, inflight, ready, target)
 
 
 class Metrics:

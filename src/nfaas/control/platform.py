@@ -243,6 +243,9 @@ class Platform:
             "cold_starts": [r.to_dict() for r in records[-10:]],
             "cold_start_percentiles_ms": percentiles(records),
             "panicking": bool(kpa and kpa.panicking(time.monotonic())),
+            "shell_pool": self.agent.shells[spec_tier].info()
+            if (spec_tier := record.spec.isolation) in self.agent.shells
+            else None,
         }
 
     def info(self) -> dict[str, Any]:
