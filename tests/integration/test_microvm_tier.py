@@ -12,7 +12,7 @@ import threading
 
 import pytest
 from platform_harness import Platform
-from test_container_tier import PROBE
+from test_container_tier import PROBE, ask
 
 from nfaas.sandbox.guest_image import find_kernel
 
@@ -37,14 +37,6 @@ def vm(platform_factory) -> Platform:
 def probe(vm: Platform) -> str:
     vm.deploy("vm-probe", PROBE, SPEC)
     return "vm-probe"
-
-
-def ask(platform: Platform, name: str, **query: str):
-    response = platform.invoke(name, params=query)
-    assert response.status_code == 200, response.text
-    if response.headers["content-type"].startswith("application/json"):
-        return response.json()
-    return response.text
 
 
 def test_runs_unprivileged_in_its_own_machine(vm: Platform, probe: str) -> None:

@@ -39,9 +39,9 @@ from nfaas.sandbox.base import (
 from nfaas.sandbox.cgroups import Cgroup
 from nfaas.sandbox.procstats import describe_exit, read_stats
 from nfaas.sandbox.stream import LineReader, WorkerStream
-from nfaas.sandbox.stream_instance import StreamInstance, note_loaded
+from nfaas.sandbox.stream_instance import StreamInstance, StreamShell
 from nfaas.sandbox.uids import UidPool
-from nfaas.worker.protocol import Load, Loaded, Ping, Pong
+from nfaas.worker.protocol import Ping, Pong
 
 START_TIMEOUT = 30.0
 LOAD_TIMEOUT = 30.0
@@ -88,34 +88,17 @@ class ContainerInstance(StreamInstance):
         return total
 
 
-class ContainerShell(Shell):
+class ContainerShell(StreamShell):
     def __init__(self, driver: ContainerDriver, shell_id: str) -> None:
-        self.id = shell_id
+        super().__init__(shell_id)
         self.driver = driver
         self.bundle_dir = driver.bundles_dir / shell_id
         self.cgroup = Cgroup(f"nfaas/{driver.boot}/{shell_id}")
         self.pid = 0
         self.oom_baseline = 0
         self.uid = -1
-        self.stream: WorkerStream | None = None
         self._exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._hooks: InstanceHooks | None = None
         self._discarded = False
-        self._early: list[str] = []
-
-    @property
-    def alive(self) -> bool:
-        return self.stream is not None and not self.stream.closed
-
-    def _lost(self, reason: str) -> None:
-        if self._hooks is not None:
-            self._hooks.on_exit(reason)
-
-    def _line(self, text: str) -> None:
-        if self._hooks is not None:
-            self._hooks.on_log(text)
-        else:
-            self._early.append(text)  # before a function owns the shell: kept for errors
 
     async def start(self) -> None:
         driver = self.driver
@@ -177,9 +160,8 @@ class ContainerShell(Shell):
             reply = await asyncio.wait_for(ping, START_TIMEOUT)
         except (TimeoutError, SandboxError) as exc:
             await self.discard()
-            said = " | ".join(self._early[-5:])
             raise SandboxError(
-                f"container shell did not start: {exc or 'timeout'}: {said}"
+                f"container shell did not start: {str(exc) or 'timed out'}: {self.early_output()}"
             ) from None
         if not isinstance(reply, Pong):
             await self.discard()
@@ -211,10 +193,6 @@ class ContainerShell(Shell):
         timings: LoadTimings,
         hooks: InstanceHooks,
     ) -> Instance:
-        stream = self.stream
-        if stream is None or stream.closed:
-            raise LoadFailed("shell is gone")
-        self._hooks = hooks
         limits = spec.limits
         try:
             self.cgroup.set_limits(limits.memory, limits.cpu, limits.processes)
@@ -222,40 +200,18 @@ class ContainerShell(Shell):
             await self.discard()
             raise LoadFailed(f"cannot apply cgroup limits: {exc}") from None
         self.uid = self.driver.uids.take()
-        env = {
-            "PATH": "/usr/bin:/bin",
-            "HOME": oci.WORK_DIR,
-            "LANG": "C.UTF-8",
-            **spec.env,
-            "NFAAS_FUNCTION": spec.name,
-            "NFAAS_NAMESPACE": namespace,
-            "NFAAS_INSTANCE": self.id,
-        }
-        load = Load(
-            id=stream.next_id(),
+        stream, load = self.begin_load(
+            spec,
+            namespace,
+            hooks,
             code_dir=oci.CODE_DIR,
-            function_name=spec.name,
-            namespace=namespace,
-            instance_id=self.id,
             workdir=oci.WORK_DIR,
-            env=env,
             uid=self.uid,
-            gid=self.uid,
             rlimits=_rlimits(spec),
-            concurrency=spec.scale.target_concurrency,
             bundle=Path(bundle.archive).read_bytes(),
         )
-        instance = ContainerInstance(self, stream, limits.memory)
-        try:
-            reply = await asyncio.wait_for(stream.request(load), LOAD_TIMEOUT)
-        except (TimeoutError, SandboxError) as exc:
-            await self.discard()
-            raise LoadFailed(f"worker did not load: {exc or 'timeout'}") from None
-        note_loaded(timings, reply)
-        if not isinstance(reply, Loaded) or not reply.ok:
-            await self.discard()
-            raise LoadFailed(reply.error if isinstance(reply, Loaded) else "unexpected reply")
-        return instance
+        await self.finish_load(stream, load, timings, LOAD_TIMEOUT)
+        return ContainerInstance(self, stream, limits.memory)
 
     async def discard(self) -> None:
         if self._discarded:

@@ -29,7 +29,6 @@ from nfaas.sandbox.base import (
     Instance,
     InstanceHooks,
     InstanceStats,
-    LoadFailed,
     LoadTimings,
     SandboxError,
     Shell,
@@ -38,8 +37,8 @@ from nfaas.sandbox.guest_image import build_image, find_kernel
 from nfaas.sandbox.procstats import describe_exit, read_stats
 from nfaas.sandbox.qmp import Qmp
 from nfaas.sandbox.stream import LineReader, WorkerStream
-from nfaas.sandbox.stream_instance import StreamInstance, note_loaded
-from nfaas.worker.protocol import HELLO_ID, Load, Loaded, Pong
+from nfaas.sandbox.stream_instance import StreamInstance, StreamShell
+from nfaas.worker.protocol import HELLO_ID, Pong
 
 log = logging.getLogger("nfaas.microvm")
 BOOT_TIMEOUT = {"kvm": 20.0, "tcg": 120.0}
@@ -99,35 +98,18 @@ class MicroVmInstance(StreamInstance):
         return read_stats(self.pid)  # the QEMU process is the whole sandbox
 
 
-class MicroVmShell(Shell):
+class MicroVmShell(StreamShell):
     def __init__(self, driver: MicroVmDriver, shell_id: str) -> None:
-        self.id = shell_id
+        super().__init__(shell_id)
         self.driver = driver
         self.dir = driver.shells_dir / shell_id
         self.pid = 0
         self.accel = driver.accel
         self.boot_seconds = 0.0
-        self.stream: WorkerStream | None = None
         self._qmp: Qmp | None = None
         self._process: asyncio.subprocess.Process | None = None
-        self._hooks: InstanceHooks | None = None
-        self._early: list[str] = []
         self._discarded = False
         self._watcher: asyncio.Task[None] | None = None
-
-    @property
-    def alive(self) -> bool:
-        return self.stream is not None and not self.stream.closed
-
-    def _lost(self, reason: str) -> None:
-        if self._hooks is not None:
-            self._hooks.on_exit(reason)
-
-    def _line(self, text: str) -> None:
-        if self._hooks is not None:
-            self._hooks.on_log(text)
-        else:
-            self._early.append(text)
 
     def command(self, accel: str) -> list[str]:
         driver = self.driver
@@ -187,10 +169,9 @@ class MicroVmShell(Shell):
         try:
             await self._connect(started)
         except (TimeoutError, OSError, SandboxError) as exc:
-            said = " | ".join(self._early[-12:])
             await self.discard()
             raise SandboxError(
-                f"microVM shell did not boot ({self.accel}): {exc or 'timeout'}: {said}"
+                f"microVM shell did not boot ({self.accel}): {str(exc) or 'timed out'}: {self.early_output()}"
             ) from None
         self.boot_seconds = time.monotonic() - started
 
@@ -231,30 +212,13 @@ class MicroVmShell(Shell):
         timings: LoadTimings,
         hooks: InstanceHooks,
     ) -> Instance:
-        stream = self.stream
-        if stream is None or stream.closed:
-            raise LoadFailed("shell is gone")
-        self._hooks = hooks
-        uid = GUEST_UID
-        env = {
-            "PATH": "/usr/bin:/bin",
-            "HOME": GUEST_WORKDIR,
-            "LANG": "C.UTF-8",
-            **spec.env,
-            "NFAAS_FUNCTION": spec.name,
-            "NFAAS_NAMESPACE": namespace,
-            "NFAAS_INSTANCE": self.id,
-        }
-        load = Load(
-            id=stream.next_id(),
+        stream, load = self.begin_load(
+            spec,
+            namespace,
+            hooks,
             code_dir=GUEST_CODE,
-            function_name=spec.name,
-            namespace=namespace,
-            instance_id=self.id,
             workdir=GUEST_WORKDIR,
-            env=env,
-            uid=uid,
-            gid=uid,
+            uid=GUEST_UID,
             rlimits={
                 "memory": spec.limits.memory,
                 "cpu_time": max(1, int(spec.limits.cpu_time)),
@@ -262,18 +226,9 @@ class MicroVmShell(Shell):
                 "processes": spec.limits.processes,
                 "core": 0,
             },
-            concurrency=spec.scale.target_concurrency,
             bundle=Path(bundle.archive).read_bytes(),
         )
-        try:
-            reply = await asyncio.wait_for(stream.request(load), LOAD_TIMEOUT)
-        except (TimeoutError, SandboxError) as exc:
-            await self.discard()
-            raise LoadFailed(f"worker did not load: {exc or 'timeout'}") from None
-        note_loaded(timings, reply)
-        if not isinstance(reply, Loaded) or not reply.ok:
-            await self.discard()
-            raise LoadFailed(reply.error if isinstance(reply, Loaded) else "unexpected reply")
+        await self.finish_load(stream, load, timings, LOAD_TIMEOUT)
         return MicroVmInstance(self, stream)
 
     async def discard(self) -> None:

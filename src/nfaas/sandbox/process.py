@@ -31,16 +31,14 @@ from nfaas.sandbox.base import (
     Instance,
     InstanceHooks,
     InstanceStats,
-    LoadFailed,
     LoadTimings,
     SandboxError,
     Shell,
 )
 from nfaas.sandbox.procstats import describe_exit, read_stats
 from nfaas.sandbox.stream import LineReader, WorkerStream
-from nfaas.sandbox.stream_instance import StreamInstance, note_loaded
+from nfaas.sandbox.stream_instance import StreamInstance, StreamShell
 from nfaas.sandbox.uids import UidPool
-from nfaas.worker.protocol import Load, Loaded
 
 LOAD_TIMEOUT = 30.0
 FORK_TIMEOUT = 30.0
@@ -87,24 +85,20 @@ class ProcessInstance(StreamInstance):
         return read_stats(self.pid)
 
 
-class ProcessShell(Shell):
+class ProcessShell(StreamShell):
     """A forked, function-less worker whose stream and log pipe are already connected."""
 
     def __init__(
         self, shell_id: str, pid: int, uid: int, workdir: Path, driver: ProcessDriver
     ) -> None:
-        self.id = shell_id
+        super().__init__(shell_id)
         self.pid = pid
         self.uid = uid
         self.workdir = workdir
-        self._driver = driver
-        self._hooks: InstanceHooks | None = None
-        self.stream: WorkerStream | None = None
         driver.track(pid, uid, self._exit_status)
 
     def _exit_status(self, status: int) -> None:
-        if self._hooks is not None:
-            self._hooks.on_log(f"[nfaas] instance {describe_exit(status)}")
+        self._line(f"[nfaas] instance {describe_exit(status)}")
 
     async def connect(self, sock: socket.socket, log_fd: int) -> None:
         loop = asyncio.get_running_loop()
@@ -115,18 +109,6 @@ class ProcessShell(Shell):
             sock.close()  # uvloop works on a duplicate; ours would leak and hold the stream open
         await loop.connect_read_pipe(lambda: LineReader(self._line), os.fdopen(log_fd, "rb", 0))
 
-    def _lost(self, reason: str) -> None:
-        if self._hooks is not None:
-            self._hooks.on_exit(reason)
-
-    def _line(self, text: str) -> None:
-        if self._hooks is not None:
-            self._hooks.on_log(text)
-
-    @property
-    def alive(self) -> bool:
-        return self.stream is not None and not self.stream.closed
-
     async def load(
         self,
         spec: FunctionSpec,
@@ -135,45 +117,18 @@ class ProcessShell(Shell):
         timings: LoadTimings,
         hooks: InstanceHooks,
     ) -> Instance:
-        stream = self.stream
-        if stream is None or stream.closed:
-            raise LoadFailed("shell is gone")
-        self._hooks = hooks
-        uid, workdir = self.uid, self.workdir
-        instance = ProcessInstance(self.id, self.pid, stream, workdir)
-        env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": str(workdir),
-            "LANG": "C.UTF-8",
-            **spec.env,
-            "NFAAS_FUNCTION": spec.name,
-            "NFAAS_NAMESPACE": namespace,
-            "NFAAS_INSTANCE": self.id,
-        }
-        load = Load(
-            id=stream.next_id(),
+        stream, load = self.begin_load(
+            spec,
+            namespace,
+            hooks,
             code_dir=bundle.code_dir,
-            function_name=spec.name,
-            namespace=namespace,
-            instance_id=self.id,
-            workdir=str(workdir),
-            env=env,
-            uid=uid,
-            gid=uid,
+            workdir=str(self.workdir),
+            uid=self.uid,
             rlimits=rlimits_for(spec),
-            concurrency=spec.scale.target_concurrency,
             deps_dir=bundle.deps_dir,
         )
-        try:
-            reply = await asyncio.wait_for(stream.request(load), LOAD_TIMEOUT)
-        except (TimeoutError, SandboxError) as exc:
-            await instance.stop()
-            raise LoadFailed(f"worker did not load: {exc or 'timeout'}") from None
-        note_loaded(timings, reply)
-        if not isinstance(reply, Loaded) or not reply.ok:
-            await instance.stop()
-            raise LoadFailed(reply.error if isinstance(reply, Loaded) else "unexpected reply")
-        return instance
+        await self.finish_load(stream, load, timings, LOAD_TIMEOUT)
+        return ProcessInstance(self.id, self.pid, stream, self.workdir)
 
     async def discard(self) -> None:
         with contextlib.suppress(ProcessLookupError):

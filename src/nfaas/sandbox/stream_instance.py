@@ -1,4 +1,4 @@
-"""What every stream-connected instance shares: invoking over the worker protocol."""
+"""What every stream-connected shell and instance shares: the load exchange, invoking."""
 
 from __future__ import annotations
 
@@ -6,17 +6,22 @@ import asyncio
 import time
 from typing import Any
 
+from nfaas.core.spec import FunctionSpec
 from nfaas.sandbox.base import (
     HandlerError,
     Instance,
+    InstanceHooks,
     InvokeTimeout,
+    LoadFailed,
     LoadTimings,
     Request,
     Response,
+    SandboxError,
+    Shell,
     WorkerDied,
 )
 from nfaas.sandbox.stream import WorkerStream
-from nfaas.worker.protocol import Error, Invoke, Loaded, Message, Result
+from nfaas.worker.protocol import Error, Invoke, Load, Loaded, Message, Result
 
 
 def note_loaded(timings: LoadTimings, reply: Message) -> None:
@@ -75,3 +80,89 @@ class StreamInstance(Instance):
     def death_reason(self, reason: str) -> str:
         """Why the instance died, as precisely as the tier can tell."""
         return reason
+
+
+class StreamShell(Shell):
+    """A shell reached through a WorkerStream: the instance's hooks, the lines it printed
+    before a function owned it (kept for error messages), and the load exchange."""
+
+    def __init__(self, shell_id: str) -> None:
+        self.id = shell_id
+        self.stream: WorkerStream | None = None
+        self._hooks: InstanceHooks | None = None
+        self._early: list[str] = []
+
+    @property
+    def alive(self) -> bool:
+        return self.stream is not None and not self.stream.closed
+
+    def _lost(self, reason: str) -> None:
+        if self._hooks is not None:
+            self._hooks.on_exit(reason)
+
+    def _line(self, text: str) -> None:
+        if self._hooks is not None:
+            self._hooks.on_log(text)
+        else:
+            self._early.append(text)
+
+    def early_output(self, lines: int = 12) -> str:
+        return " | ".join(self._early[-lines:])
+
+    def begin_load(
+        self,
+        spec: FunctionSpec,
+        namespace: str,
+        hooks: InstanceHooks,
+        *,
+        code_dir: str,
+        workdir: str,
+        uid: int,
+        rlimits: dict[str, int],
+        deps_dir: str = "",
+        bundle: bytes = b"",
+    ) -> tuple[WorkerStream, Load]:
+        """The function takes over the shell; returns its stream and the load frame to send."""
+        stream = self.stream
+        if stream is None or stream.closed:
+            raise LoadFailed("shell is gone")
+        self._hooks = hooks
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": workdir,
+            "LANG": "C.UTF-8",
+            **spec.env,
+            "NFAAS_FUNCTION": spec.name,
+            "NFAAS_NAMESPACE": namespace,
+            "NFAAS_INSTANCE": self.id,
+        }
+        load = Load(
+            id=stream.next_id(),
+            code_dir=code_dir,
+            function_name=spec.name,
+            namespace=namespace,
+            instance_id=self.id,
+            workdir=workdir,
+            env=env,
+            uid=uid,
+            gid=uid,
+            rlimits=rlimits,
+            concurrency=spec.scale.target_concurrency,
+            deps_dir=deps_dir,
+            bundle=bundle,
+        )
+        return stream, load
+
+    async def finish_load(
+        self, stream: WorkerStream, load: Load, timings: LoadTimings, timeout: float
+    ) -> None:
+        """Send the load frame and wait for the worker; on failure the shell is discarded."""
+        try:
+            reply = await asyncio.wait_for(stream.request(load), timeout)
+        except (TimeoutError, SandboxError) as exc:
+            await self.discard()
+            raise LoadFailed(f"worker did not load: {str(exc) or 'timed out'}") from None
+        note_loaded(timings, reply)
+        if not isinstance(reply, Loaded) or not reply.ok:
+            await self.discard()
+            raise LoadFailed(reply.error if isinstance(reply, Loaded) else "unexpected reply")
