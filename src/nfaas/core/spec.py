@@ -63,6 +63,7 @@ class FunctionSpec(msgspec.Struct, frozen=True):
     env: dict[str, str] = {}
     labels: dict[str, str] = {}
     public: bool = False
+    network: str = "none"  # "bridged": a veth on the node's bridge (container tier)
 
 
 def validate_name(name: object, path: tuple[str, ...] = ("name",)) -> str:
@@ -167,7 +168,8 @@ def _limits(path: tuple[str, ...], raw: Mapping[str, Any]) -> Limits:
 
 # Keys a manifest entry may carry beyond the spec itself (client-side only).
 MANIFEST_ONLY_KEYS = {"handler"}
-SPEC_KEYS = {"runtime", "isolation", "scale", "limits", "env", "labels", "public"}
+SPEC_KEYS = {"runtime", "isolation", "scale", "limits", "env", "labels", "public", "network"}
+NETWORKS = ("none", "bridged")
 
 
 def validate_spec(
@@ -188,6 +190,13 @@ def validate_spec(
             ("isolation",),
             f"unsupported isolation {isolation!r} (supported: {', '.join(ISOLATIONS)})",
         )
+    network = raw.get("network", "none")
+    if network not in NETWORKS:
+        raise SpecError(
+            ("network",), f"unsupported network {network!r} (supported: {', '.join(NETWORKS)})"
+        )
+    if network == "bridged" and isolation != "container":
+        raise SpecError(("network",), "network: bridged needs isolation: container")
     public = raw.get("public", False)
     if not isinstance(public, bool):
         raise SpecError(("public",), f"expected true or false, got {public!r}")
@@ -200,6 +209,7 @@ def validate_spec(
         env=_str_map(("env",), raw.get("env", {})),
         labels=_str_map(("labels",), raw.get("labels", {})),
         public=public,
+        network=network,
     )
 
 

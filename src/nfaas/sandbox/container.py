@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import sys
+from ipaddress import IPv4Address
 from pathlib import Path
 
 from nfaas.core.spec import FunctionSpec
@@ -36,6 +37,7 @@ from nfaas.sandbox.base import (
     SandboxError,
     Shell,
 )
+from nfaas.sandbox.bridge import Bridge, BridgeError
 from nfaas.sandbox.cgroups import Cgroup
 from nfaas.sandbox.procstats import describe_exit, read_stats
 from nfaas.sandbox.stream import LineReader, WorkerStream
@@ -97,6 +99,8 @@ class ContainerShell(StreamShell):
         self.pid = 0
         self.oom_baseline = 0
         self.uid = -1
+        self.address: IPv4Address | None = None
+        self.veth = ""
         self._exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._discarded = False
 
@@ -200,6 +204,13 @@ class ContainerShell(StreamShell):
             await self.discard()
             raise LoadFailed(f"cannot apply cgroup limits: {exc}") from None
         self.uid = self.driver.uids.take()
+        extra_env = {}
+        if spec.network == "bridged":
+            try:
+                extra_env["NFAAS_ADDRESS"] = str(await self._attach_network())
+            except BridgeError as exc:
+                await self.discard()
+                raise LoadFailed(f"network: bridged: {exc}") from None
         stream, load = self.begin_load(
             spec,
             namespace,
@@ -209,9 +220,17 @@ class ContainerShell(StreamShell):
             uid=self.uid,
             rlimits=_rlimits(spec),
             bundle=Path(bundle.archive).read_bytes(),
+            extra_env=extra_env,
         )
         await self.finish_load(stream, load, timings, LOAD_TIMEOUT)
         return ContainerInstance(self, stream, limits.memory)
+
+    async def _attach_network(self) -> IPv4Address:
+        bridge = await self.driver.bridge()
+        self.address = bridge.take_address()
+        self.veth = "nfv" + self.id.rsplit("-", 1)[0][-6:] + self.id.rsplit("-", 1)[1][-5:]
+        await bridge.attach(self.pid, self.veth, self.address)
+        return self.address
 
     async def discard(self) -> None:
         if self._discarded:
@@ -229,6 +248,10 @@ class ContainerShell(StreamShell):
                 await asyncio.wait_for(asyncio.shield(self._exited), 10)
         await self.driver.delete(self.id)
         self.driver.uids.give_back(self.uid)
+        if self.address is not None:
+            bridge = await self.driver.bridge()
+            await bridge.detach(self.veth)
+            bridge.give_back(self.address)
         self.driver.forget(self)
         shutil.rmtree(self.bundle_dir, ignore_errors=True)
 
@@ -257,6 +280,8 @@ class ContainerDriver(Driver):
         self.boot = f"{os.getpid():x}{secrets.token_hex(2)}"
         self._ids = itertools.count(1)
         self._shells: set[ContainerShell] = set()
+        self._bridge: Bridge | None = None
+        self._bridge_lock = asyncio.Lock()
 
     async def start(self) -> None:
         if not os.path.exists(self.runtime):
@@ -274,6 +299,15 @@ class ContainerDriver(Driver):
         await shell.start()
         self._shells.add(shell)
         return shell
+
+    async def bridge(self) -> Bridge:
+        """The node's bridge, created when the first bridged instance needs it."""
+        async with self._bridge_lock:
+            if self._bridge is None:
+                bridge = Bridge()
+                await bridge.ensure()
+                self._bridge = bridge
+            return self._bridge
 
     def forget(self, shell: ContainerShell) -> None:
         self._shells.discard(shell)

@@ -121,6 +121,7 @@ class StreamShell(Shell):
         rlimits: dict[str, int],
         deps_dir: str = "",
         bundle: bytes = b"",
+        extra_env: dict[str, str] | None = None,
     ) -> tuple[WorkerStream, Load]:
         """The function takes over the shell; returns its stream and the load frame to send."""
         stream = self.stream
@@ -135,6 +136,7 @@ class StreamShell(Shell):
             "NFAAS_FUNCTION": spec.name,
             "NFAAS_NAMESPACE": namespace,
             "NFAAS_INSTANCE": self.id,
+            **(extra_env or {}),
         }
         load = Load(
             id=stream.next_id(),
