@@ -207,8 +207,10 @@ def test_pause_holds_requests_until_resume(world) -> None:
         await asyncio.sleep(0.3)
         assert not pending.done()
         cpu = inst.stats().cpu_seconds
-        await asyncio.sleep(0.3)
-        assert inst.stats().cpu_seconds == cpu  # paused: no CPU
+        await asyncio.sleep(0.5)
+        # paused: no CPU. CPU time is sampled in clock ticks (10 ms), so one tick may be
+        # charged for the VMM's event loop taking in the pending request's bytes.
+        assert inst.stats().cpu_seconds - cpu <= 0.011
         await inst.resume()
         assert (await pending).status == 200
         await inst.stop()

@@ -45,7 +45,7 @@ class Bridge:
         try:
             await _ip("addr", "add", f"{GATEWAY}/{NETWORK.prefixlen}", "dev", self.name)
         except BridgeError as exc:
-            if "File exists" not in str(exc):
+            if "File exists" not in str(exc) and "already assigned" not in str(exc):
                 raise
         await _ip("link", "set", self.name, "up")
 
