@@ -138,18 +138,24 @@ def test_cannot_write_outside_tmp(platform: Platform, probe: str, path: str) -> 
     assert ask(platform, probe, what="write", path="/tmp/mine") == "allowed"
 
 
-def test_cannot_reach_a_service_on_the_hosts_loopback(platform: Platform, probe: str) -> None:
+def connect_to_host_loopback(platform: Platform, probe: str) -> str:
+    """What the function gets connecting to a server the test runs on the host's 127.0.0.1;
+    asserts the server saw no connection."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen()
     accepted: list[object] = []
     threading.Thread(target=lambda: accepted.append(server.accept()), daemon=True).start()
     try:
-        port = server.getsockname()[1]
-        assert ask(platform, probe, what="connect", port=str(port)) == "ECONNREFUSED"
+        result = ask(platform, probe, what="connect", port=str(server.getsockname()[1]))
         assert not accepted
+        return str(result)
     finally:
         server.close()
+
+
+def test_cannot_reach_a_service_on_the_hosts_loopback(platform: Platform, probe: str) -> None:
+    assert connect_to_host_loopback(platform, probe) == "ECONNREFUSED"
 
 
 @pytest.mark.parametrize("call", ["mount", "ptrace", "bpf"])

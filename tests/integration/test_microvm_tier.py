@@ -7,12 +7,10 @@ Under TCG (no usable KVM) a guest boots in seconds, so these tests keep one warm
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
 
 import pytest
 from platform_harness import Platform
-from test_container_tier import PROBE, ask
+from test_container_tier import PROBE, ask, connect_to_host_loopback
 
 from nfaas.sandbox.guest_image import find_kernel
 
@@ -62,17 +60,7 @@ def test_cannot_write_outside_tmp(vm: Platform, probe: str, path: str) -> None:
 
 
 def test_cannot_reach_a_service_on_the_hosts_loopback(vm: Platform, probe: str) -> None:
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    accepted: list[object] = []
-    threading.Thread(target=lambda: accepted.append(server.accept()), daemon=True).start()
-    try:
-        port = server.getsockname()[1]
-        assert ask(vm, probe, what="connect", port=str(port)) in {"ECONNREFUSED", "ENETUNREACH"}
-        assert not accepted
-    finally:
-        server.close()
+    assert connect_to_host_loopback(vm, probe) in {"ECONNREFUSED", "ENETUNREACH"}
 
 
 @pytest.mark.parametrize("call", ["mount", "ptrace", "bpf"])

@@ -21,6 +21,7 @@ from nfaas.cli.client import DEFAULT_DATA, ApiError, Client
 from nfaas.core.bundle import pack
 from nfaas.core.manifest import ManifestError, load_manifest
 from nfaas.core.spec import spec_to_dict
+from nfaas.node.coldstart import PHASES
 
 app = typer.Typer(
     help="nfaas: serverless network and IoT functions on edge nodes.", no_args_is_help=True
@@ -349,18 +350,7 @@ def describe(name: str, namespace: str | None = NS_OPT, as_json: bool = JSON_OPT
             table.add_row(
                 rec["instance_id"],
                 rec["trigger"],
-                *(
-                    f"{d[p]:.3f}" if p in d else "-"
-                    for p in (
-                        "scheduled",
-                        "spawned",
-                        "shipped",
-                        "loaded",
-                        "ready",
-                        "first_response",
-                        "total",
-                    )
-                ),
+                *(f"{d[p]:.3f}" if p in d else "-" for p in (*PHASES, "total")),
                 rec["error"][:40],
             )
         out.print(table)

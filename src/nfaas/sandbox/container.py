@@ -41,22 +41,13 @@ from nfaas.sandbox.bridge import Bridge, BridgeError
 from nfaas.sandbox.cgroups import Cgroup
 from nfaas.sandbox.procstats import describe_exit, read_stats
 from nfaas.sandbox.stream import LineReader, WorkerStream
-from nfaas.sandbox.stream_instance import StreamInstance, StreamShell
+from nfaas.sandbox.stream_instance import StreamInstance, StreamShell, rlimits_for
 from nfaas.sandbox.uids import UidPool
 from nfaas.worker.protocol import Ping, Pong
 
 START_TIMEOUT = 30.0
 LOAD_TIMEOUT = 30.0
 MIB = 1024**2
-
-
-def _rlimits(spec: FunctionSpec) -> dict[str, int]:
-    # memory is the cgroup's job here: a hard limit on the whole container
-    return {
-        "cpu_time": max(1, int(spec.limits.cpu_time)),
-        "open_files": spec.limits.open_files,
-        "core": 0,
-    }
 
 
 class ContainerInstance(StreamInstance):
@@ -218,7 +209,7 @@ class ContainerShell(StreamShell):
             code_dir=oci.CODE_DIR,
             workdir=oci.WORK_DIR,
             uid=self.uid,
-            rlimits=_rlimits(spec),
+            rlimits=rlimits_for(spec, memory=False, processes=False),  # the cgroup bounds those
             bundle=Path(bundle.archive).read_bytes(),
             extra_env=extra_env,
         )

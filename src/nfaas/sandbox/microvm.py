@@ -37,7 +37,7 @@ from nfaas.sandbox.guest_image import build_image, find_kernel
 from nfaas.sandbox.procstats import describe_exit, read_stats
 from nfaas.sandbox.qmp import Qmp
 from nfaas.sandbox.stream import LineReader, WorkerStream
-from nfaas.sandbox.stream_instance import StreamInstance, StreamShell
+from nfaas.sandbox.stream_instance import StreamInstance, StreamShell, rlimits_for
 from nfaas.worker.protocol import HELLO_ID, Pong
 
 log = logging.getLogger("nfaas.microvm")
@@ -219,13 +219,7 @@ class MicroVmShell(StreamShell):
             code_dir=GUEST_CODE,
             workdir=GUEST_WORKDIR,
             uid=GUEST_UID,
-            rlimits={
-                "memory": spec.limits.memory,
-                "cpu_time": max(1, int(spec.limits.cpu_time)),
-                "open_files": spec.limits.open_files,
-                "processes": spec.limits.processes,
-                "core": 0,
-            },
+            rlimits=rlimits_for(spec),
             bundle=Path(bundle.archive).read_bytes(),
         )
         await self.finish_load(stream, load, timings, LOAD_TIMEOUT)

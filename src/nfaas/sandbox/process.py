@@ -37,24 +37,13 @@ from nfaas.sandbox.base import (
 )
 from nfaas.sandbox.procstats import describe_exit, read_stats
 from nfaas.sandbox.stream import LineReader, WorkerStream
-from nfaas.sandbox.stream_instance import StreamInstance, StreamShell
+from nfaas.sandbox.stream_instance import StreamInstance, StreamShell, rlimits_for
 from nfaas.sandbox.uids import UidPool
 
 LOAD_TIMEOUT = 30.0
 FORK_TIMEOUT = 30.0
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(dict[str, Any])
-
-
-def rlimits_for(spec: FunctionSpec) -> dict[str, int]:
-    limits = spec.limits
-    return {
-        "memory": limits.memory,
-        "cpu_time": max(1, int(limits.cpu_time)),
-        "open_files": limits.open_files,
-        "processes": limits.processes,
-        "core": 0,
-    }
 
 
 class ProcessInstance(StreamInstance):

@@ -24,6 +24,20 @@ from nfaas.sandbox.stream import WorkerStream
 from nfaas.worker.protocol import Error, Invoke, Load, Loaded, Message, Result
 
 
+def rlimits_for(
+    spec: FunctionSpec, *, memory: bool = True, processes: bool = True
+) -> dict[str, int]:
+    """The worker's rlimits from the function's limits; a tier whose cgroup already bounds
+    memory or processes leaves those out."""
+    limits = spec.limits
+    rlimits = {"cpu_time": max(1, int(limits.cpu_time)), "open_files": limits.open_files, "core": 0}
+    if memory:
+        rlimits["memory"] = limits.memory
+    if processes:
+        rlimits["processes"] = limits.processes
+    return rlimits
+
+
 def note_loaded(timings: LoadTimings, reply: Message) -> None:
     """Stamp ``loaded`` now and ``shipped`` from the worker's own account of its import."""
     timings.loaded = time.monotonic()
