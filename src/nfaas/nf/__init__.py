@@ -1,0 +1,1 @@
+"""NF framework: packet batches, header parsers and builders, operators, graphs, ports."""

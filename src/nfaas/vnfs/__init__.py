@@ -1,0 +1,1 @@
+"""The VNF library, built on nfaas.nf: firewall, load balancer, NAT, TOF, rate limiter."""
