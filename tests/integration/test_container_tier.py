@@ -12,7 +12,7 @@ import socket
 import threading
 
 import pytest
-from platform_harness import Platform
+from platform_harness import Platform, pid_gone, wait_until
 
 pytestmark = pytest.mark.skipif(
     not shutil.which("runc") or os.getuid() != 0, reason="the container tier needs runc and root"
@@ -105,6 +105,23 @@ def probe(platform: Platform) -> str:
     return "ctr-probe"
 
 
+def assert_scales_to_zero_and_back(platform: Platform, name: str, spec: dict, wait: float) -> None:
+    """Cold start, idle to zero (the sandbox's processes gone), cold start again."""
+    platform.deploy(name, PROBE, {**spec, "scale": {"max": 1, "idle_timeout": "1s"}})
+    first = platform.invoke(name, params={"what": "whoami"})
+    assert first.status_code == 200 and first.headers["x-nfaas-cold-start"] == "1", first.text
+    sandbox_pid = platform.status(name)["instances"][0]["pid"]
+    wait_until(lambda: platform.describe(name)["replicas"] == 0, timeout=wait, what="zero")
+    wait_until(lambda: pid_gone(sandbox_pid), timeout=wait, what="the sandbox to go")
+    again = platform.invoke(name, params={"what": "whoami"})
+    assert again.status_code == 200 and again.headers["x-nfaas-cold-start"] == "1", again.text
+    assert platform.status(name)["instances"][0]["pid"] != sandbox_pid
+    assert (
+        platform.request("DELETE", "/system/functions", json={"functionName": name}).status_code
+        == 202
+    )
+
+
 def ask(platform: Platform, name: str, **query: str):
     response = platform.invoke(name, params=query)
     assert response.status_code == 200, response.text
@@ -183,3 +200,7 @@ def test_memory_hog_kills_only_that_instance(platform: Platform, probe: str) -> 
     assert platform.invoke(probe, params={"what": "whoami"}).status_code == 200  # others serve
     again = platform.invoke(name, params={"what": "whoami"})  # a new instance takes over
     assert again.status_code == 200
+
+
+def test_scales_to_zero_and_back(platform: Platform) -> None:
+    assert_scales_to_zero_and_back(platform, "ctr-zero", SPEC, wait=10)

@@ -7,10 +7,16 @@ Under TCG (no usable KVM) a guest boots in seconds, so these tests keep one warm
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 from platform_harness import Platform
-from test_container_tier import PROBE, ask, connect_to_host_loopback
+from test_container_tier import (
+    PROBE,
+    ask,
+    assert_scales_to_zero_and_back,
+    connect_to_host_loopback,
+)
 
 from nfaas.sandbox.guest_image import find_kernel
 
@@ -45,7 +51,13 @@ def test_runs_unprivileged_in_its_own_machine(vm: Platform, probe: str) -> None:
     info = vm.get("/system/info").json()
     microvm = next(d for d in info["drivers"] if d["driver"] == "microvm")
     assert microvm["accel"] in {"kvm", "tcg"} and microvm["kvm_probe"]
-    assert vm.status(probe)["instances"][0]["id"].startswith("v")
+    instance = vm.status(probe)["instances"][0]
+    assert instance["id"].startswith("v")
+    assert 0 < instance["vmm_pss_bytes"] < instance["pss_bytes"]
+    # QEMU itself dropped root before the guest started and runs under its seccomp filter
+    lines = Path(f"/proc/{instance['pid']}/status").read_text().splitlines()
+    status = dict(line.split(":", 1) for line in lines)
+    assert status["Uid"].split()[0] != "0" and status["Seccomp"].strip() == "2"
 
 
 @pytest.mark.parametrize("path", ["/etc/shadow", "{data}/state.db", "{data}/admin.token"])
@@ -80,3 +92,7 @@ def test_memory_hog_fails_in_its_own_guest(vm: Platform, probe: str) -> None:
     assert response.status_code == 500
     assert "MemoryError" in response.text
     assert ask(vm, probe, what="whoami")["uid"] != 0  # the platform and the guest keep serving
+
+
+def test_scales_to_zero_and_back(vm: Platform) -> None:
+    assert_scales_to_zero_and_back(vm, "vm-zero", SPEC, wait=120)

@@ -1,4 +1,4 @@
-"""One conformance suite for every sandbox driver (the container and microVM tiers join later).
+"""One conformance suite for every sandbox driver: process, container and microVM.
 
 Each test runs a real driver: prepare a shell, load a function into it, invoke it.
 """
@@ -15,7 +15,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from requirements_bundle import LOCAL_WHEEL, bundle_with_requirements
 
+from nfaas.control.bundles import BundleStore
 from nfaas.core.bundle import pack
 from nfaas.core.spec import validate_spec
 from nfaas.sandbox.base import (
@@ -96,15 +98,16 @@ def run(world, body: Callable[[Driver, Path, list[str], list[str]], Awaitable[No
 async def load(
     driver: Driver, root: Path, logs: list[str], exits: list[str], sub: str = "", **spec
 ) -> Instance:
-    shell = await driver.prepare()
     raw = {"env": {"GREETING": "hi"}, "limits": {"memory": "64Mi"}, **spec}
+    function = validate_spec("conf", raw)
+    shell = await driver.prepare(shape=driver.shape(function.limits))
     hooks = InstanceHooks(on_log=logs.append, on_exit=exits.append)
     code = root / "code" / sub if sub else root / "code"
     archive = root / f"{sub or 'main'}.zip"
     if not archive.exists():
         archive.write_bytes(pack(code))
     bundle = CodeBundle("x", str(code), archive=str(archive))
-    return await shell.load(validate_spec("conf", raw), "tests", bundle, LoadTimings(), hooks)
+    return await shell.load(function, "tests", bundle, LoadTimings(), hooks)
 
 
 def req(path: str = "/", body: bytes = b"", query: str = "") -> Request:
@@ -227,6 +230,21 @@ def test_log_lines_reach_the_node(world) -> None:
                 break
             await asyncio.sleep(0.05)
         assert "line from the handler" in logs
+        await inst.stop()
+
+    run(world, body)
+
+
+def test_installed_requirements_are_importable(world) -> None:
+    async def body(driver, root, logs, exits) -> None:
+        store = BundleStore(root / "data")  # the platform's layout: the driver sees data/deps
+        code = store.unpack(store.put(bundle_with_requirements(LOCAL_WHEEL)))
+        shell = await driver.prepare()
+        hooks = InstanceHooks(on_log=logs.append, on_exit=exits.append)
+        spec = validate_spec("req", {})
+        inst = await shell.load(spec, "tests", code, LoadTimings(), hooks)
+        response = await inst.invoke(req("/"), 10)
+        assert (response.status, response.body) == (200, b'{"answer":42}'), logs
         await inst.stop()
 
     run(world, body)

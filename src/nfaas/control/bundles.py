@@ -14,6 +14,7 @@ import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from nfaas.core.bundle import pack
 from nfaas.sandbox.base import CodeBundle
 
 MAX_BUNDLE_BYTES = 64 * 1024**2
@@ -101,7 +102,17 @@ class BundleStore:
             code_dir=str(target),
             deps_dir=deps,
             archive=str(self.archive_path(sha256)),
+            deps_archive=self._deps_archive(Path(deps)) if deps else "",
         )
+
+    def _deps_archive(self, deps_dir: Path) -> str:
+        """The installed requirements as one zip (made once), for microVM guests."""
+        path = deps_dir.with_suffix(".zip")
+        if not path.exists():
+            tmp = path.with_suffix(".part")
+            tmp.write_bytes(pack(deps_dir, bytecode=True))
+            os.replace(tmp, path)
+        return str(path)
 
     def _install_requirements(self, code_dir: Path) -> str:
         requirements = code_dir / "requirements.txt"

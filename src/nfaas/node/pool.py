@@ -228,7 +228,7 @@ class FunctionPool:
         record = ColdStart(instance_id="", trigger=trigger, accepted=accepted or now, scheduled=now)
         spec, bundle = self.spec, self.bundle
         try:
-            shell, prepared = await self.shells.acquire()
+            shell, prepared = await self.shells.acquire(spec.limits)
             record.instance_id = shell.id
             record.shell = "prepared" if prepared else "fresh"
             record.spawned = time.monotonic()
@@ -381,16 +381,20 @@ class FunctionPool:
             "resume_ms_p50": round(sorted(self.resumes)[len(self.resumes) // 2] * 1000, 3)
             if self.resumes
             else None,
-            "instances": [
-                {
-                    "id": s.instance.id,
-                    "pid": s.instance.pid,
-                    "inflight": s.inflight,
-                    "served": s.served,
-                    "idle_seconds": round(now - s.last_used, 3),
-                    "paused": s.paused,
-                    "pss_bytes": s.instance.stats().pss,
-                }
-                for s in self.slots
-            ],
+            "instances": [self._describe_slot(s, now) for s in self.slots],
+        }
+
+    @staticmethod
+    def _describe_slot(slot: Slot, now: float) -> dict[str, object]:
+        stats = slot.instance.stats()
+        return {
+            "id": slot.instance.id,
+            "pid": slot.instance.pid,
+            "inflight": slot.inflight,
+            "served": slot.served,
+            "idle_seconds": round(now - slot.last_used, 3),
+            "paused": slot.paused,
+            "pss_bytes": stats.pss,
+            # tier-specific figures, e.g. a microVM's VMM overhead beside the guest's RAM
+            **{f"{name}_bytes": int(value) for name, value in stats.extra.items()},
         }

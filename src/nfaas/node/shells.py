@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections import deque
 
+from nfaas.core.spec import Limits
 from nfaas.sandbox.base import Driver, SandboxError, Shell
 
 log = logging.getLogger("nfaas.shells")
@@ -19,6 +20,7 @@ class ShellPool:
     def __init__(self, driver: Driver, size: int) -> None:
         self.driver = driver
         self.size = size
+        self.shape = driver.shape(Limits())  # the pool holds shells for default-sized functions
         self.ready: deque[Shell] = deque()
         self.filling = 0
         self.taken_ready = 0
@@ -26,19 +28,20 @@ class ShellPool:
         self.closed = False
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def acquire(self) -> tuple[Shell, bool]:
-        """A shell, and whether it came prepared from the pool.
+    async def acquire(self, limits: Limits) -> tuple[Shell, bool]:
+        """A shell that fits ``limits``, and whether it came prepared from the pool.
 
         The caller calls ``refill()`` once its cold start is over: preparing the next shell
         while this one loads would compete with it for the CPU.
         """
-        while self.ready:
+        shape = self.driver.shape(limits)
+        while shape == self.shape and self.ready:
             shell = self.ready.popleft()
             if shell.alive:
                 self.taken_ready += 1
                 return shell, True
         self.taken_fresh += 1
-        return await self.driver.prepare(ahead=False), False
+        return await self.driver.prepare(ahead=False, shape=shape), False
 
     def refill(self) -> None:
         while not self.closed and len(self.ready) + self.filling < self.size:
@@ -49,7 +52,7 @@ class ShellPool:
 
     async def _fill(self) -> None:
         try:
-            self.ready.append(await self.driver.prepare(ahead=True))
+            self.ready.append(await self.driver.prepare(ahead=True, shape=self.shape))
         except (SandboxError, OSError) as exc:
             log.warning("could not prepare a %s shell: %s", self.driver.name, exc)
         finally:
@@ -65,6 +68,7 @@ class ShellPool:
     def info(self) -> dict[str, object]:
         return {
             "target": self.size,
+            "shape": None if self.shape is None else str(self.shape),
             "ready": len(self.ready),
             "filling": self.filling,
             "taken_ready": self.taken_ready,

@@ -9,10 +9,10 @@ to HTTP status codes.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
-from nfaas.core.spec import FunctionSpec
+from nfaas.core.spec import FunctionSpec, Limits
 
 
 class SandboxError(Exception):
@@ -65,6 +65,7 @@ class CodeBundle:
     code_dir: str
     deps_dir: str = ""
     archive: str = ""
+    deps_archive: str = ""  # deps_dir zipped, for sandboxes that cannot see the node's files
 
 
 @dataclass
@@ -120,6 +121,7 @@ class Instance(abc.ABC):
 
 class Shell(abc.ABC):
     id: str
+    shape: Hashable = None  # what the shell was sized for (see ``Driver.shape``)
 
     @abc.abstractmethod
     async def load(
@@ -147,9 +149,18 @@ class Driver(abc.ABC):
     async def start(self) -> None: ...
 
     @abc.abstractmethod
-    async def prepare(self, ahead: bool = True) -> Shell:
+    async def prepare(self, ahead: bool = True, shape: Hashable = None) -> Shell:
         """A function-less shell. ``ahead``: made for the pool, so it may spend time warming
-        up; otherwise a request is waiting for it and it should be ready as soon as it can."""
+        up; otherwise a request is waiting for it and it should be ready as soon as it can.
+        ``shape``: from ``self.shape(limits)``; None is the driver's default size."""
+
+    def shape(self, limits: Limits) -> Hashable:
+        """The size a shell must be made with to hold a function with these limits.
+
+        Only a shell of the same shape can take the function. Tiers that apply every limit at
+        load time (process, container) have a single shape, None; a microVM's memory and vCPUs
+        are fixed when it boots."""
+        return None
 
     @abc.abstractmethod
     async def close(self) -> None: ...

@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import sys
+from collections.abc import Hashable
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -210,6 +211,7 @@ class ContainerShell(StreamShell):
             workdir=oci.WORK_DIR,
             uid=self.uid,
             rlimits=rlimits_for(spec, memory=False, processes=False),  # the cgroup bounds those
+            deps_dir=bundle.deps_dir,
             bundle=Path(bundle.archive).read_bytes(),
             extra_env=extra_env,
         )
@@ -265,7 +267,10 @@ class ContainerDriver(Driver):
         self.root = data_dir / "containers"
         self.rootfs = self.root / "rootfs"
         self.bundles_dir = self.root / "bundles"
-        self.binds = oci.read_only_paths()
+        # installed requirements (one directory per requirements.txt, under a 0711 parent that
+        # cannot be listed) are visible at the node's own path, so deps_dir needs no mapping
+        self.deps_dir = data_dir / "deps"
+        self.binds = [*oci.read_only_paths(), str(self.deps_dir)]
         self.uids = UidPool(first=300_000)
         # container ids and cgroups are host-wide: unique per platform process, not per second
         self.boot = f"{os.getpid():x}{secrets.token_hex(2)}"
@@ -283,9 +288,10 @@ class ContainerDriver(Driver):
         shutil.rmtree(self.bundles_dir, ignore_errors=True)
         self.bundles_dir.mkdir(parents=True, mode=0o700)
         self.root.chmod(0o711)
+        self.deps_dir.mkdir(mode=0o711, exist_ok=True)
         oci.prepare_rootfs(self.rootfs, self.binds)
 
-    async def prepare(self, ahead: bool = True) -> Shell:
+    async def prepare(self, ahead: bool = True, shape: Hashable = None) -> Shell:
         shell = ContainerShell(self, f"c{self.boot}-{next(self._ids)}")
         await shell.start()
         self._shells.add(shell)

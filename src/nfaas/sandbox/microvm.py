@@ -14,15 +14,18 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
 import signal
 import socket
 import time
+from collections.abc import Hashable
 from pathlib import Path
+from typing import NamedTuple
 
-from nfaas.core.spec import FunctionSpec
+from nfaas.core.spec import FunctionSpec, Limits
 from nfaas.sandbox.base import (
     CodeBundle,
     Driver,
@@ -34,10 +37,11 @@ from nfaas.sandbox.base import (
     Shell,
 )
 from nfaas.sandbox.guest_image import build_image, find_kernel
-from nfaas.sandbox.procstats import describe_exit, read_stats
+from nfaas.sandbox.procstats import describe_exit, read_stats, vmm_overhead
 from nfaas.sandbox.qmp import Qmp
 from nfaas.sandbox.stream import LineReader, WorkerStream
 from nfaas.sandbox.stream_instance import StreamInstance, StreamShell, rlimits_for
+from nfaas.sandbox.uids import UidPool
 from nfaas.worker.protocol import HELLO_ID, Pong
 
 log = logging.getLogger("nfaas.microvm")
@@ -45,7 +49,17 @@ BOOT_TIMEOUT = {"kvm": 20.0, "tcg": 120.0}
 LOAD_TIMEOUT = 60.0
 GUEST_WORKDIR = "/tmp"
 GUEST_CODE = "/code"
+GUEST_DEPS = "/deps"
 GUEST_UID = 1000  # the guest is the instance's own machine: any unprivileged uid will do
+# RAM a guest needs besides the function's memory limit: the kernel, and the initramfs, which
+# is held in RAM twice while it unpacks (a 192 MiB guest does not boot; 256 MiB does).
+GUEST_RESERVE_MIB = 192
+QEMU_UIDS = (400_000, 60_000)  # QEMU drops root for one of these before the guest starts
+# QEMU's own seccomp filter: no obsolete calls, no exec, no scheduler/affinity changes.
+# (elevateprivileges=deny would also forbid the setuid of -runas; once QEMU runs as an
+# unprivileged uid it cannot elevate anyway.)
+TB_SIZE_MIB = 64
+SANDBOX = "on,obsolete=deny,spawn=deny,resourcecontrol=deny"
 CMDLINE = (
     "console=ttyS0 rdinit=/init panic=-1 loglevel=4 8250.nr_uarts=2 tsc=reliable no_timer_check"
 )
@@ -80,6 +94,23 @@ def _write_probe(accel: str, detail: str) -> None:
     path.write_text(json.dumps({"accel": accel, "detail": detail}))
 
 
+class GuestShape(NamedTuple):
+    """A guest's fixed size: a shell can only take a function that fits it."""
+
+    memory_mib: int
+    vcpus: int
+
+    def __str__(self) -> str:
+        return f"{self.memory_mib} MiB, {self.vcpus} vCPU"
+
+
+def guest_shape(limits: Limits, max_vcpus: int) -> GuestShape:
+    """The function gets its whole memory limit; the guest's kernel and image get the reserve."""
+    memory = math.ceil(limits.memory / 1024**2) + GUEST_RESERVE_MIB
+    vcpus = min(max(1, math.ceil(limits.cpu)), max_vcpus)
+    return GuestShape(memory_mib=-(-memory // 2) * 2, vcpus=vcpus)
+
+
 class MicroVmInstance(StreamInstance):
     def __init__(self, shell: MicroVmShell, stream: WorkerStream) -> None:
         super().__init__(shell.id, shell.pid, stream)
@@ -95,13 +126,19 @@ class MicroVmInstance(StreamInstance):
         await self._shell.discard()
 
     def stats(self) -> InstanceStats:
-        return read_stats(self.pid)  # the QEMU process is the whole sandbox
+        stats = read_stats(self.pid)  # the QEMU process is the whole sandbox
+        stats.extra["vmm_pss"] = float(vmm_overhead(self.pid, self._shell.shape.memory_mib))
+        return stats
 
 
 class MicroVmShell(StreamShell):
-    def __init__(self, driver: MicroVmDriver, shell_id: str) -> None:
+    shape: GuestShape
+
+    def __init__(self, driver: MicroVmDriver, shell_id: str, shape: GuestShape) -> None:
         super().__init__(shell_id)
         self.driver = driver
+        self.shape = shape
+        self.uid = -1
         self.dir = driver.shells_dir / shell_id
         self.pid = 0
         self.accel = driver.accel
@@ -118,16 +155,17 @@ class MicroVmShell(StreamShell):
             "-M",
             "microvm,isa-serial=on,rtc=on,pit=on,pic=on",
             "-accel",
-            accel,
+            # TCG's translated-code cache defaults to 1 GiB; a worker's code needs far less
+            f"{accel},tb-size={TB_SIZE_MIB}" if accel == "tcg" else accel,
             "-cpu",
             "host" if accel == "kvm" else "max",
             # Under TCG, guest time follows executed instructions: a busy host then cannot make
             # the kernel's early clock calibration hang (it did, without this).
             *(["-icount", "shift=auto"] if accel == "tcg" else []),
             "-m",
-            f"{driver.memory_mib}M",
+            f"{self.shape.memory_mib}M",
             "-smp",
-            str(driver.vcpus),
+            str(self.shape.vcpus),
             "-nodefaults",
             "-no-user-config",
             "-nographic",
@@ -146,10 +184,15 @@ class MicroVmShell(StreamShell):
             "isa-serial,chardev=nfaas,iobase=0x2f8,irq=3,index=1",
             "-qmp",
             f"unix:{self.dir / 'qmp.sock'},server=on,wait=off",
+            "-sandbox",
+            SANDBOX,
+            # after the kernel, image and sockets are open, QEMU needs no privilege at all
+            *(["-runas", f"{self.uid}:{self.uid}"] if self.uid >= 0 else []),
         ]
 
     async def start(self) -> None:
         self.dir.mkdir(mode=0o700)
+        self.uid = self.driver.uids.take()
         started = time.monotonic()
         log_r, log_w = os.pipe()
         loop = asyncio.get_running_loop()
@@ -221,6 +264,9 @@ class MicroVmShell(StreamShell):
             uid=GUEST_UID,
             rlimits=rlimits_for(spec),
             bundle=Path(bundle.archive).read_bytes(),
+            # installed requirements travel as a zip too; the guest unpacks them into its RAM
+            deps_dir=GUEST_DEPS if bundle.deps_archive else "",
+            deps=Path(bundle.deps_archive).read_bytes() if bundle.deps_archive else b"",
         )
         await self.finish_load(stream, load, timings, LOAD_TIMEOUT)
         return MicroVmInstance(self, stream)
@@ -238,22 +284,21 @@ class MicroVmShell(StreamShell):
                 os.killpg(self._process.pid, signal.SIGKILL)
             await self._process.wait()
         self.driver.forget(self)
+        self.driver.uids.give_back(self.uid)
+        self.uid = -1
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class MicroVmDriver(Driver):
     name = "microvm"
 
-    def __init__(
-        self, data_dir: Path, kernel: str | None = None, memory_mib: int = 256, vcpus: int = 1
-    ) -> None:
+    def __init__(self, data_dir: Path, kernel: str | None = None) -> None:
         self.root = data_dir / "microvm"
         self.shells_dir = self.root / "shells"
         self.qemu = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
         self.kernel = find_kernel(kernel)
         self.image = Path()
-        self.memory_mib = memory_mib
-        self.vcpus = vcpus
+        self.uids = UidPool(*QEMU_UIDS)
         self.accel = "tcg"
         self.kvm_probe = "not probed"
         self.boot = f"{os.getpid():x}{secrets.token_hex(2)}"
@@ -292,7 +337,7 @@ class MicroVmDriver(Driver):
 
         The answer holds until the host reboots, so it is kept (per boot id) for later runs."""
         await self._ensure_image()
-        shell = MicroVmShell(self, f"probe-{self.boot}")
+        shell = MicroVmShell(self, f"probe-{self.boot}", guest_shape(Limits(), 1))
         shell.accel = "kvm"
         try:
             await shell.start()
@@ -306,9 +351,14 @@ class MicroVmDriver(Driver):
             await shell.discard()
         _write_probe(self.accel, self.kvm_probe)
 
-    async def prepare(self, ahead: bool = True) -> Shell:
+    def shape(self, limits: Limits) -> GuestShape:
+        # -icount runs TCG on one host thread, and a multi-vCPU guest's boot hangs under it
+        return guest_shape(limits, (os.cpu_count() or 1) if self.accel == "kvm" else 1)
+
+    async def prepare(self, ahead: bool = True, shape: Hashable = None) -> Shell:
         await self._ensure_image()
-        shell = MicroVmShell(self, f"v{self.boot}-{next(self._ids)}")
+        size = shape if isinstance(shape, GuestShape) else self.shape(Limits())
+        shell = MicroVmShell(self, f"v{self.boot}-{next(self._ids)}", size)
         self._shells.add(shell)
         await shell.start()
         return shell
@@ -329,6 +379,5 @@ class MicroVmDriver(Driver):
             "kvm_probe": self.kvm_probe,
             "kernel": str(self.kernel),
             "image": str(self.image),
-            "memory_mib": self.memory_mib,
-            "vcpus": self.vcpus,
+            "guest_reserve_mib": GUEST_RESERVE_MIB,
         }

@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
@@ -245,7 +245,7 @@ class ProcessDriver(Driver):
                     finally:
                         loop.remove_writer(control.fileno())
 
-    async def prepare(self, ahead: bool = True) -> Shell:
+    async def prepare(self, ahead: bool = True, shape: Hashable = None) -> Shell:
         if self._control is None:
             raise SandboxError("process driver not started")
         shell_id = f"p{self._boot}-{next(self._ids)}"

@@ -33,6 +33,29 @@ def read_stats(pid: int) -> InstanceStats:
     )
 
 
+def vmm_overhead(pid: int, guest_mib: int) -> int:
+    """PSS bytes of a QEMU process outside the guest's RAM: the VMM's own cost.
+
+    The guest's RAM is the one mapping of exactly its size (QEMU allocates it in one block).
+    """
+    total = ram = 0
+    size = pss = 0
+    try:
+        with open(f"/proc/{pid}/smaps") as smaps:
+            for line in smaps:
+                key, _, rest = line.partition(":")
+                if key == "Size":
+                    size = int(rest.split()[0])
+                elif key == "Pss":
+                    pss = int(rest.split()[0])
+                    total += pss
+                    if size == guest_mib * 1024:
+                        ram += pss
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    return (total - ram) * 1024
+
+
 def describe_exit(status: int) -> str:
     if status < 0:
         try:

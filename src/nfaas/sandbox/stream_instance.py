@@ -135,6 +135,7 @@ class StreamShell(Shell):
         rlimits: dict[str, int],
         deps_dir: str = "",
         bundle: bytes = b"",
+        deps: bytes = b"",
         extra_env: dict[str, str] | None = None,
     ) -> tuple[WorkerStream, Load]:
         """The function takes over the shell; returns its stream and the load frame to send."""
@@ -166,6 +167,7 @@ class StreamShell(Shell):
             concurrency=spec.scale.target_concurrency,
             deps_dir=deps_dir,
             bundle=bundle,
+            deps=deps,
         )
         return stream, load
 

@@ -35,6 +35,7 @@ class Load(msgspec.Struct, tag="load", array_like=True):
     # The code itself (a zip), for sandboxes that cannot see the node's files: the worker
     # unpacks it into ``code_dir`` before it drops privileges.
     bundle: bytes = b""
+    deps: bytes = b""  # installed requirements (a zip), unpacked into ``deps_dir`` likewise
 
 
 class Loaded(msgspec.Struct, tag="loaded", array_like=True):

@@ -125,6 +125,8 @@ class Worker:
         try:
             if msg.bundle:
                 unpack_bundle(msg.bundle, msg.code_dir)
+            if msg.deps:
+                unpack_bundle(msg.deps, msg.deps_dir)
             os.chdir(msg.workdir)
             apply_limits(msg.rlimits)
             drop_privileges(msg.uid, msg.gid)
