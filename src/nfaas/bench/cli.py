@@ -51,3 +51,33 @@ def sandbox(
     from nfaas.bench.sandbox import run
 
     run(runs, idle)
+
+
+@bench_app.command("nf")
+def nf(
+    rules: str | None = typer.Option(
+        None, help='Rule counts, comma-separated (default "1,10,100,1000,10000,100000,1000000").'
+    ),
+    packets: int | None = typer.Option(None, min=1, help="Packets per batch (default 65536)."),
+    repeat: int | None = typer.Option(None, min=1, help="Timed runs per measurement (default 5)."),
+    quick: bool = typer.Option(
+        False, "--quick", help="CI-sized smoke run: rules 1,10,100, 4096 packets, 3 runs."
+    ),
+    load_timeout: float = typer.Option(
+        300.0, help="Seconds before a kernel ruleset load is recorded as a timeout."
+    ),
+) -> None:
+    """Firewall classifier from 1 to 10^6 rules vs nft -f and iptables-restore loads."""
+    from nfaas.bench import nf as experiment
+
+    try:
+        counts = experiment.parse_rule_counts(rules) if rules else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--rules") from None
+    default_counts = experiment.QUICK_RULE_COUNTS if quick else experiment.RULE_COUNTS
+    experiment.firewall_classification(
+        counts or default_counts,
+        packets or (experiment.QUICK_PACKETS if quick else experiment.PACKETS),
+        repeat or (experiment.QUICK_REPEAT if quick else experiment.REPEAT),
+        load_timeout=load_timeout,
+    )
