@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nfaas.nf.batch as batch_module
-from nfaas.nf.batch import PacketBatch, ragged_copy
+from nfaas.nf.batch import PacketBatch, packed_offsets, ragged_copy
 
 packets = st.lists(st.binary(min_size=0, max_size=80), min_size=0, max_size=40)
 
@@ -23,6 +23,13 @@ def test_from_bytes_round_trips(pkts: list[bytes]) -> None:
     assert b.is_compact()
     assert b.timestamps_ns.tolist() == list(range(len(pkts)))
     assert set(b.port.tolist()) <= {3}
+
+
+@given(st.lists(st.integers(0, 1 << 40), max_size=20))
+def test_packed_offsets_put_packets_back_to_back(lengths: list[int]) -> None:
+    offsets = packed_offsets(np.array(lengths, np.int64))
+    assert offsets.dtype == np.int64
+    assert offsets.tolist() == [sum(lengths[:i]) for i in range(len(lengths))]
 
 
 @given(packets, st.data())

@@ -137,6 +137,25 @@ def test_writers_refuse_packets_longer_than_snaplen(tmp_path: Path) -> None:
         w2.write(batch)
 
 
+@pytest.mark.parametrize("kind", ["pcap", "pcapng"])
+def test_with_blocks_close_what_they_opened_and_flush_what_they_were_given(
+    tmp_path: Path, kind: str
+) -> None:
+    writer_class = PcapWriter if kind == "pcap" else PcapngWriter
+    batch = sample_batch()
+    with writer_class(tmp_path / f"a.{kind}") as w:
+        w.write(batch)
+    with pytest.raises(ValueError):  # the writer closed the file it opened
+        w.write(batch)
+    given_file = io.BytesIO()
+    with writer_class(given_file) as w:
+        w.write(batch)
+    assert not given_file.closed  # a file we were given stays open for its owner
+    assert given_file.getvalue() == (tmp_path / f"a.{kind}").read_bytes()
+    with open_capture(tmp_path / f"a.{kind}") as reader:
+        assert PacketBatch.concat(list(reader)).to_list() == batch.to_list()
+
+
 # -- files from other writers ---------------------------------------------------------------
 
 

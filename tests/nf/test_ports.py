@@ -34,6 +34,7 @@ from nfaas.nf.headers import parse
 from nfaas.nf.pcap import read_capture_all
 from nfaas.nf.ports import (
     CaptureInPort,
+    CaptureOutPort,
     Port,
     PortError,
     PortSpecError,
@@ -228,6 +229,24 @@ def test_capture_ports_round_trip(tmp_path: Path, kind: str) -> None:
     port.close()
     with pytest.raises(PortError, match="cannot open capture"):
         open_port(f"pcap:{tmp_path / 'missing.pcap'}")
+
+
+def test_capture_ports_close_with_the_block(tmp_path: Path) -> None:
+    path = tmp_path / "x.pcapng"
+    with CaptureOutPort(path) as out:
+        assert isinstance(out, CaptureOutPort)
+        out.send_batch(PacketBatch.from_bytes(sample_frames(3)))
+        before = out.stats()
+        out.send_batch(PacketBatch.from_bytes(sample_frames(2)))
+    assert before.tx_packets == 3  # a snapshot, not the live counters
+    with pytest.raises(ValueError):
+        out.fileno()  # closed
+    with CaptureInPort(path) as port:
+        assert len(port.recv_batch(10)) == 5
+    with pytest.raises(ValueError):
+        port.fileno()
+    with pytest.raises(PortError, match="cannot create capture"):
+        CaptureOutPort(tmp_path / "no-such-dir" / "x.pcap")
 
 
 # -- AF_PACKET ------------------------------------------------------------------------------

@@ -52,26 +52,13 @@ def test_parse_table_block() -> None:
     )
     assert ruleset.policy is Action.DROP
     web = [V4("198.18.1.1/32"), V4("198.19.0.0/24")]
+    dns = Rule(
+        Action.DROP, Family.IPV6, dst=V6("2001:2::/64"), proto=17, counter=True, comment="dns"
+    )
     assert ruleset.rules == [
         Rule(Action.ACCEPT, Family.IPV4, src=V4("198.18.0.0/16"), proto=6, dport=PortRange(80, 90)),
-        Rule(
-            Action.DROP,
-            Family.IPV6,
-            dst=V6("2001:2::/64"),
-            proto=17,
-            sport=PortRange(53, 53),
-            counter=True,
-            comment="dns",
-        ),
-        Rule(
-            Action.DROP,
-            Family.IPV6,
-            dst=V6("2001:2::/64"),
-            proto=17,
-            sport=PortRange(1024, 65535),
-            counter=True,
-            comment="dns",
-        ),
+        # a set expands into one rule per element, in the set's order
+        *[replace(dns, sport=ports) for ports in (PortRange(53, 53), PortRange(1024, 65535))],
         Rule(Action.REJECT, proto=1, handle=7),
         Rule(Action.ACCEPT, Family.IPV4, proto=47),
         Rule(Action.ACCEPT, Family.IPV6, proto=58),

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["PacketBatch", "ragged_copy"]
+__all__ = ["PacketBatch", "packed_offsets", "ragged_copy"]
 
 U8 = NDArray[np.uint8]
 I64 = NDArray[np.int64]
@@ -41,6 +41,15 @@ def _as_offsets(values: ArrayLike, n: int, what: str) -> I64:
     if arr.shape != (n,):
         raise ValueError(f"{what}: expected shape ({n},), got {arr.shape}")
     return arr.astype(np.int64, copy=False)
+
+
+def packed_offsets(lengths: ArrayLike) -> I64:
+    """Start of each packet when the packets lie back to back from offset 0."""
+    lens = np.asarray(lengths, dtype=np.int64)
+    offsets = np.zeros(lens.shape[0], np.int64)
+    if lens.shape[0] > 1:
+        np.cumsum(lens[:-1], out=offsets[1:])
+    return offsets
 
 
 def ragged_copy(
@@ -161,11 +170,8 @@ class PacketBatch:
         """Batch from a list of packets (copied into one buffer)."""
         pkts = [bytes(p) for p in packets]
         lens = np.fromiter((len(p) for p in pkts), dtype=np.int64, count=len(pkts))
-        offs = np.zeros(len(pkts), np.int64)
-        if len(pkts) > 1:
-            np.cumsum(lens[:-1], out=offs[1:])
         data = np.frombuffer(b"".join(pkts), dtype=np.uint8).copy()
-        return cls(data, offs, lens, timestamps_ns, port)
+        return cls(data, packed_offsets(lens), lens, timestamps_ns, port)
 
     @classmethod
     def from_array(cls, frames: NDArray[np.uint8], lengths: ArrayLike | None = None) -> PacketBatch:
@@ -254,9 +260,7 @@ class PacketBatch:
         meta = {k: v[which] for k, v in self.meta.items()}
         if not copy:
             return PacketBatch(self.data, offsets, lengths, timestamps, port, meta)
-        new_offsets = np.zeros(offsets.shape[0], np.int64)
-        if offsets.shape[0] > 1:
-            np.cumsum(lengths[:-1], out=new_offsets[1:])
+        new_offsets = packed_offsets(lengths)
         data = np.empty(int(lengths.sum(dtype=np.int64)), np.uint8)
         ragged_copy(data, new_offsets, self.data, offsets, lengths)
         return PacketBatch(data, new_offsets, lengths, timestamps, port, meta)
@@ -359,9 +363,7 @@ class PacketBatch:
                 raise ValueError(f"{pre.shape[0]} prefixes for {n} packets")
             pre_len = np.full(n, pre.shape[-1], np.int64)
         total = pre_len + body
-        new_offsets = np.zeros(n, np.int64)
-        if n > 1:
-            np.cumsum(total[:-1], out=new_offsets[1:])
+        new_offsets = packed_offsets(total)
         data = np.empty(int(total.sum()), np.uint8)
         if isinstance(prefix, PacketBatch):
             ragged_copy(data, new_offsets, prefix.data, prefix.offsets, pre_len)

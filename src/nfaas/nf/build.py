@@ -494,6 +494,19 @@ def _values(values: ArrayLike, rows: NDArray[np.intp], n: int) -> NDArray[Any]:
     return v[rows]
 
 
+def _update_checksum(
+    batch: PacketBatch,
+    rel: NDArray[np.int64],
+    rows: NDArray[np.intp],
+    old_words: NDArray[np.uint16],
+    new_words: NDArray[np.uint16],
+) -> None:
+    """Incrementally update (RFC 1624) the checksum at per-packet offset `rel` of `rows`
+    for 16-bit words changed from `old_words` to `new_words`."""
+    csum = batch.read_uint(rel, 2, rows)
+    batch.write_uint(rel, incremental_update(csum, old_words, new_words), 2, rows)
+
+
 def _adjust_l4(
     batch: PacketBatch,
     h: Headers,
@@ -530,8 +543,7 @@ def _set_ipv4_addr(
     l3 = h.l3_offset[rows].astype(np.int64)
     rel = l3 + (12 if field == "ipv4_src" else 16)
     batch.write_uint(rel, new, 4, rows)
-    csum = batch.read_uint(l3 + 10, 2, rows)
-    batch.write_uint(l3 + 10, incremental_update(csum, old_w, new_w), 2, rows)
+    _update_checksum(batch, l3 + 10, rows, old_w, new_w)
     _adjust_l4(batch, h, rows, old_w, new_w)
     column[rows] = new
 
@@ -599,8 +611,7 @@ def set_icmp_id(
     old = h.icmp_id[rows]
     l4 = h.l4_offset[rows].astype(np.int64)
     batch.write_uint(l4 + 4, new, 2, rows)
-    csum = batch.read_uint(l4 + 2, 2, rows)
-    batch.write_uint(l4 + 2, incremental_update(csum, old, new), 2, rows)
+    _update_checksum(batch, l4 + 2, rows, old, new)
     h.icmp_id[rows] = new
 
 
@@ -631,8 +642,7 @@ def decrement_ttl(
         proto = h.protocol[r4].astype(np.uint16)
         old_w = (ttl[v4].astype(np.uint16) << 8) | proto
         new_w = (new_ttl[v4].astype(np.uint16) << 8) | proto
-        csum = batch.read_uint(l4 + 10, 2, r4)
-        batch.write_uint(l4 + 10, incremental_update(csum, old_w, new_w), 2, r4)
+        _update_checksum(batch, l4 + 10, r4, old_w, new_w)
     h.ttl[rows] = new_ttl
     return expired
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from nfaas.nf.batch import PacketBatch, ragged_copy
+from nfaas.nf.batch import PacketBatch, packed_offsets, ragged_copy
 from nfaas.nf.headers import PROTO_TCP, Headers, flow_hash
 from nfaas.nf.operators import EdgeType, Operator, Output
 from nfaas.nf.timers import Timers
@@ -134,9 +134,7 @@ class Reassembler:
         plen = h.payload_length[idx].astype(np.int64)
         fl = flags[idx]
         # All payload bytes, segment after segment, in one gather.
-        starts = np.zeros(idx.size, np.int64)
-        if idx.size > 1:
-            np.cumsum(plen[:-1], out=starts[1:])
+        starts = packed_offsets(plen)
         payload = np.empty(int(plen.sum()), np.uint8)
         ragged_copy(payload, starts, batch.data, batch.offsets[idx] + h.payload_offset[idx], plen)
         # A group is "clean" when its segments are plain data, back to back in order.

@@ -25,6 +25,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from nfaas.nf.batch import Index, PacketBatch
+from nfaas.nf.flowtable import mix64
 
 __all__ = [
     "ETH_IPV4",
@@ -53,6 +54,11 @@ IPV6_EXT_HOP_BY_HOP, IPV6_EXT_ROUTING, IPV6_EXT_FRAGMENT, IPV6_EXT_AH, IPV6_EXT_
     51,
     60,
 )
+# Next-header values the IPv6 parser walks through as extension headers.
+_IS_IPV6_EXT = np.zeros(256, np.bool_)
+_IS_IPV6_EXT[
+    [IPV6_EXT_HOP_BY_HOP, IPV6_EXT_ROUTING, IPV6_EXT_FRAGMENT, IPV6_EXT_AH, IPV6_EXT_DEST_OPTS]
+] = True
 MAX_IPV6_EXT = 8  # extension headers walked before giving up
 MAX_GTP_EXT = 16  # GTP-U extension headers walked before giving up
 MAX_GTP_EXT_TYPES = 4  # extension header types remembered per packet (gtp_ext_types columns)
@@ -335,6 +341,25 @@ class _Parser:
         self.flag(i[bad], code, where[bad])
         return _keep(ok, i, *arrays)
 
+    def retire(
+        self,
+        bad: NDArray[np.bool_],
+        code: ParseError,
+        i: IntP,
+        off: I64,
+        dead: NDArray[np.bool_],
+        a: IntP,
+        *arrays: NDArray[Any],
+    ) -> list[NDArray[Any]]:
+        """In a walk along a header chain over the rows `a` of `i`: flag rows `a[bad]` with
+        `code` at their offset `off`, mark them `dead`; return `a` and `arrays` without them."""
+        if not bad.any():
+            return [a, *arrays]
+        gone = a[bad]
+        self.flag(i[gone], code, off[gone])
+        dead[gone] = True
+        return _keep(~bad, a, *arrays)
+
     # -- layers -------------------------------------------------------------------------
 
     def ethernet(self) -> None:
@@ -401,15 +426,23 @@ class _Parser:
         self.ipv4(i[v4], b[v4], lim[v4], l3[v4])
         self.ipv6(i[v6], b[v6], lim[v6], l3[v6])
 
-    def ipv4(self, i: IntP, b: I64, lim: I64, l3: I64) -> None:
-        h = self.h
-        i, b, lim, l3 = self.check(l3 + 20 <= lim, ParseError.TRUNCATED_IP, l3, i, b, lim, l3)
+    def ip_header(
+        self, version: int, size: int, i: IntP, b: I64, lim: I64, l3: I64
+    ) -> list[NDArray[Any]]:
+        """Rows with a whole `size`-byte IPv`version` header at `l3` (the others are flagged);
+        sets `ip_version` and returns i, b, lim, l3, the header's position and first byte."""
+        i, b, lim, l3 = self.check(l3 + size <= lim, ParseError.TRUNCATED_IP, l3, i, b, lim, l3)
         p = b + l3
         b0 = self.u8(p)
         i, b, lim, l3, p, b0 = self.check(
-            (b0 >> 4) == 4, ParseError.BAD_IP_VERSION, l3, i, b, lim, l3, p, b0
+            (b0 >> 4) == version, ParseError.BAD_IP_VERSION, l3, i, b, lim, l3, p, b0
         )
-        h.ip_version[self.rows(i)] = 4
+        self.h.ip_version[self.rows(i)] = version
+        return [i, b, lim, l3, p, b0]
+
+    def ipv4(self, i: IntP, b: I64, lim: I64, l3: I64) -> None:
+        h = self.h
+        i, b, lim, l3, p, b0 = self.ip_header(4, 20, i, b, lim, l3)
         hlen = (b0 & 0x0F).astype(np.int64) * 4
         i, b, lim, l3, p, hlen = self.check(
             hlen >= 20, ParseError.BAD_IHL, l3, i, b, lim, l3, p, hlen
@@ -441,13 +474,8 @@ class _Parser:
 
     def ipv6(self, i: IntP, b: I64, lim: I64, l3: I64) -> None:
         h = self.h
-        i, b, lim, l3 = self.check(l3 + 40 <= lim, ParseError.TRUNCATED_IP, l3, i, b, lim, l3)
-        p = b + l3
+        i, b, lim, l3, p, _ = self.ip_header(6, 40, i, b, lim, l3)
         w0 = self.u32(p)
-        i, b, lim, l3, p, w0 = self.check(
-            (w0 >> 28) == 6, ParseError.BAD_IP_VERSION, l3, i, b, lim, l3, p, w0
-        )
-        h.ip_version[self.rows(i)] = 6
         h.ip_tos[self.rows(i)] = (w0 >> 20) & 0xFF
         h.ipv6_flow_label[self.rows(i)] = w0 & 0xFFFFF
         plen = self.u16(p + 4).astype(np.int64)
@@ -470,21 +498,10 @@ class _Parser:
         dead = np.zeros(i.shape[0], np.bool_)
         count = np.zeros(i.shape[0], np.uint8)
         for _ in range(MAX_IPV6_EXT):
-            ext = (
-                (nh == IPV6_EXT_HOP_BY_HOP)
-                | (nh == IPV6_EXT_ROUTING)
-                | (nh == IPV6_EXT_FRAGMENT)
-                | (nh == IPV6_EXT_DEST_OPTS)
-                | (nh == IPV6_EXT_AH)
-            ) & ~dead
-            a = np.flatnonzero(ext)
+            a = np.flatnonzero(_IS_IPV6_EXT[nh] & ~dead)
             if a.size == 0:
                 break
-            short = off[a] + 8 > end[a]
-            if short.any():
-                self.flag(i[a[short]], ParseError.TRUNCATED_IPV6_EXT, off[a[short]])
-                dead[a[short]] = True
-                a = a[~short]
+            (a,) = self.retire(off[a] + 8 > end[a], ParseError.TRUNCATED_IPV6_EXT, i, off, dead, a)
             pa = b[a] + off[a]
             kind = nh[a]
             size = np.where(
@@ -496,11 +513,17 @@ class _Parser:
                     (self.u8(pa + 1).astype(np.int64) + 1) * 8,
                 ),
             )
-            short = off[a] + size > end[a]
-            if short.any():
-                self.flag(i[a[short]], ParseError.TRUNCATED_IPV6_EXT, off[a[short]])
-                dead[a[short]] = True
-                a, pa, kind, size = _keep(~short, a, pa, kind, size)
+            a, pa, kind, size = self.retire(
+                off[a] + size > end[a],
+                ParseError.TRUNCATED_IPV6_EXT,
+                i,
+                off,
+                dead,
+                a,
+                pa,
+                kind,
+                size,
+            )
             fr = kind == IPV6_EXT_FRAGMENT
             if fr.any():
                 af, pf = a[fr], pa[fr]
@@ -512,16 +535,7 @@ class _Parser:
             off[a] += size
             count[a] += 1
         else:
-            stuck = np.flatnonzero(
-                (
-                    (nh == IPV6_EXT_HOP_BY_HOP)
-                    | (nh == IPV6_EXT_ROUTING)
-                    | (nh == IPV6_EXT_FRAGMENT)
-                    | (nh == IPV6_EXT_DEST_OPTS)
-                    | (nh == IPV6_EXT_AH)
-                )
-                & ~dead
-            )
+            stuck = np.flatnonzero(_IS_IPV6_EXT[nh] & ~dead)
             if stuck.size:
                 self.flag(i[stuck], ParseError.TOO_MANY_IPV6_EXT, off[stuck])
                 dead[stuck] = True
@@ -672,27 +686,18 @@ class _Parser:
         dead = np.zeros(i.shape[0], np.bool_)
         count = np.zeros(i.shape[0], np.int64)
         for k in range(MAX_GTP_EXT + 1):
-            a = np.flatnonzero(nxt != 0)
+            a = np.flatnonzero((nxt != 0) & ~dead)
             if a.size == 0:
                 break
             if k == MAX_GTP_EXT:
                 self.flag(i[a], ParseError.BAD_GTP_EXT, off[a])
                 dead[a] = True
                 break
-            short = off[a] + 4 > gend[a]
-            if short.any():
-                self.flag(i[a[short]], ParseError.BAD_GTP_EXT, off[a[short]])
-                dead[a[short]] = True
-                nxt[a[short]] = 0
-                a = a[~short]
+            (a,) = self.retire(off[a] + 4 > gend[a], ParseError.BAD_GTP_EXT, i, off, dead, a)
             pa = b[a] + off[a]
             size = self.u8(pa).astype(np.int64) * 4
             bad = (size == 0) | (off[a] + size > gend[a])
-            if bad.any():
-                self.flag(i[a[bad]], ParseError.BAD_GTP_EXT, off[a[bad]])
-                dead[a[bad]] = True
-                nxt[a[bad]] = 0
-                a, pa, size = _keep(~bad, a, pa, size)
+            a, pa, size = self.retire(bad, ParseError.BAD_GTP_EXT, i, off, dead, a, pa, size)
             kind = nxt[a]
             if k < MAX_GTP_EXT_TYPES:
                 h.gtp_ext_types[i[a], k] = kind
@@ -739,27 +744,16 @@ def parse_inner(batch: PacketBatch, outer: Headers) -> Headers:
 
 # -- flow hashing ---------------------------------------------------------------------------
 
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix(x: NDArray[np.uint64]) -> NDArray[np.uint64]:
-    """splitmix64 finaliser: a cheap bijective 64-bit mixer."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * _M1
-    x = x ^ (x >> np.uint64(27))
-    x = x * _M2
-    return x ^ (x >> np.uint64(31))
 
 
 def _endpoint_keys(h: Headers) -> tuple[NDArray[np.uint64], NDArray[np.uint64]]:
     """One 64-bit key per endpoint (address, port) of each packet."""
     v6 = h.ip_version == 6
-    src = np.where(v6, _mix(h.ipv6_src_hi) ^ h.ipv6_src_lo, h.ipv4_src.astype(np.uint64))
-    dst = np.where(v6, _mix(h.ipv6_dst_hi) ^ h.ipv6_dst_lo, h.ipv4_dst.astype(np.uint64))
-    src = _mix(src) + h.sport.astype(np.uint64)
-    dst = _mix(dst) + h.dport.astype(np.uint64)
+    src = np.where(v6, mix64(h.ipv6_src_hi) ^ h.ipv6_src_lo, h.ipv4_src.astype(np.uint64))
+    dst = np.where(v6, mix64(h.ipv6_dst_hi) ^ h.ipv6_dst_lo, h.ipv4_dst.astype(np.uint64))
+    src = mix64(src) + h.sport.astype(np.uint64)
+    dst = mix64(dst) + h.dport.astype(np.uint64)
     return src, dst
 
 
@@ -775,5 +769,5 @@ def flow_hash(h: Headers, symmetric: bool = False, seed: int = 0) -> NDArray[np.
     if symmetric:
         src, dst = np.minimum(src, dst), np.maximum(src, dst)
     s = np.uint64(seed & 0xFFFFFFFFFFFFFFFF)
-    x = _mix(src ^ s) * _GOLDEN + dst
-    return _mix(x ^ (h.protocol.astype(np.uint64) << np.uint64(56)))
+    x = mix64(src ^ s) * _GOLDEN + dst
+    return mix64(x ^ (h.protocol.astype(np.uint64) << np.uint64(56)))

@@ -16,16 +16,17 @@ reads; the pcapng writer declares one interface per port number so ports round-t
 from __future__ import annotations
 
 import struct
+from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from nfaas.nf.batch import PacketBatch, ragged_copy
+from nfaas.nf.batch import PacketBatch, packed_offsets, ragged_copy
+from nfaas.nf.closing import Closing
 
 __all__ = [
     "LINKTYPE_ETHERNET",
@@ -129,10 +130,9 @@ class _Collector:
         if not self.pos:
             return
         lengths = np.asarray(self.caplen, np.int64)
-        offsets = np.cumsum(lengths) - lengths
         out = np.empty(int(lengths.sum()), np.uint8)
         src = np.frombuffer(self.buf, np.uint8)
-        ragged_copy(out, offsets, src, np.asarray(self.pos, np.int64), lengths)
+        ragged_copy(out, packed_offsets(lengths), src, np.asarray(self.pos, np.int64), lengths)
         self.parts.append(out)
         self.part_lengths.append(lengths)
         # clear() rather than new lists: readers hold bound append methods
@@ -153,7 +153,7 @@ class _Collector:
         rows = np.array(self.rows, dtype=np.int64).reshape(-1, 3)
         batch = PacketBatch(
             np.concatenate(self.parts),
-            np.cumsum(lengths) - lengths,
+            packed_offsets(lengths),
             lengths,
             rows[:, 0],
             rows[:, 2].astype(np.uint16),
@@ -169,20 +169,50 @@ def _open(source: Source, mode: str) -> tuple[IO[bytes], bool]:
     return source, False
 
 
+class _CaptureReader(Closing):
+    """What both readers share: the source read through a `_Stream`, the batch being
+    collected, and iteration batch by batch (the source is closed at the end)."""
+
+    def __init__(self, source: Source, batch_size: int, head: bytes) -> None:
+        """`head`: bytes already read from the start of `source` (by `open_capture`)."""
+        self._f, self._owned = _open(source, "rb")
+        self.batch_size = batch_size
+        self._col = _Collector()
+        self._s = _Stream(self._f, self._col.flush, head)
+
+    def __iter__(self) -> Iterator[PacketBatch]:
+        try:
+            while (batch := self._read_batch()) is not None:
+                yield batch
+        finally:
+            self.close()
+
+    @abstractmethod
+    def _read_batch(self) -> PacketBatch | None:
+        """The next batch of at most `batch_size` packets; None at the end of the file."""
+
+    def _window(self) -> tuple[bytes, int, int]:
+        """(buffer, position, end) of the stream for a fast-path scan; the collector
+        takes packet positions in that buffer."""
+        buf = self._col.buf = self._s.buf
+        return buf, self._s.pos, len(buf)
+
+    def close(self) -> None:
+        if self._owned:
+            self._f.close()
+
+
 # -- classic pcap ---------------------------------------------------------------------------
 
 
-class PcapReader:
+class PcapReader(_CaptureReader):
     """Iterates over a classic pcap file as batches of at most `batch_size` packets."""
 
     def __init__(
         self, source: Source, batch_size: int = DEFAULT_BATCH, *, head: bytes = b""
     ) -> None:
         """`head`: bytes already read from the start of `source` (by `open_capture`)."""
-        self._f, self._owned = _open(source, "rb")
-        self.batch_size = batch_size
-        self._col = _Collector()
-        self._s = _Stream(self._f, self._col.flush, head)
+        super().__init__(source, batch_size, head)
         have = self._s.ensure(24)
         if have < 4:
             raise CaptureFormatError(0, f"file too short for a capture header ({have} bytes)")
@@ -207,25 +237,13 @@ class PcapReader:
         self._s.pos = 24
         self._record = struct.Struct(self.byteorder + "IIII")
 
-    def __iter__(self) -> Iterator[PacketBatch]:
-        try:
-            while True:
-                batch = self._read_batch()
-                if batch is None:
-                    return
-                yield batch
-        finally:
-            self.close()
-
     def _read_batch(self) -> PacketBatch | None:
         s, col = self._s, self._col
         unpack = self._record.unpack_from
         frac_ns = 1 if self.nanosecond else 1000
         limit = self.snaplen if 0 < self.snaplen <= MAX_SNAPLEN else MAX_SNAPLEN
         add_pos, add_caplen, add_row = col.pos.append, col.caplen.append, col.rows.append
-        buf, pos = s.buf, s.pos
-        end = len(buf)
-        col.buf = buf
+        buf, pos, end = self._window()
         count = 0
         while count < self.batch_size:
             # Fast path: the whole record is in the buffer and plausible.
@@ -241,9 +259,7 @@ class PcapReader:
             s.pos = pos
             if not self._buffer_record(limit):
                 return col.take()  # end of file (the stream position is already current)
-            buf, pos = s.buf, s.pos
-            end = len(buf)
-            col.buf = buf
+            buf, pos, end = self._window()
         s.pos = pos
         return col.take()
 
@@ -266,16 +282,6 @@ class PcapReader:
                 f"only {s.available() - 16} bytes remain",
             )
         return True
-
-    def close(self) -> None:
-        if self._owned:
-            self._f.close()
-
-    def __enter__(self) -> PcapReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # -- pcapng ---------------------------------------------------------------------------------
@@ -301,17 +307,14 @@ class Interface:
         return ns + self.tsoffset_s * 1_000_000_000
 
 
-class PcapngReader:
+class PcapngReader(_CaptureReader):
     """Iterates over a pcapng file as batches; `interfaces` fills in as IDBs are read."""
 
     def __init__(
         self, source: Source, batch_size: int = DEFAULT_BATCH, *, head: bytes = b""
     ) -> None:
         """`head`: bytes already read from the start of `source` (by `open_capture`)."""
-        self._f, self._owned = _open(source, "rb")
-        self.batch_size = batch_size
-        self._col = _Collector()
-        self._s = _Stream(self._f, self._col.flush, head)
+        super().__init__(source, batch_size, head)
         self.interfaces: list[Interface] = []  # over all sections, in file order
         self._section_first = 0  # index in `interfaces` of this section's interface 0
         self.byteorder = "<"
@@ -320,16 +323,6 @@ class PcapngReader:
             raise CaptureFormatError(
                 0, "bad magic: not a pcapng file (no section header block at offset 0)"
             )
-
-    def __iter__(self) -> Iterator[PacketBatch]:
-        try:
-            while True:
-                batch = self._read_batch()
-                if batch is None:
-                    return
-                yield batch
-        finally:
-            self.close()
 
     def _block(self) -> tuple[int, int, int] | None:
         """Next block's (type, total length, file offset), fully buffered; None at EOF."""
@@ -402,19 +395,17 @@ class PcapngReader:
             fast.append((index, mult, iface.snaplen))
         return fast
 
+    def _block_structs(self) -> tuple[struct.Struct, struct.Struct, struct.Struct]:
+        """Block header (type, length), EPB fields and one word, in this section's order."""
+        o = self.byteorder
+        return struct.Struct(o + "II"), struct.Struct(o + "IIIII"), struct.Struct(o + "I")
+
     def _read_batch(self) -> PacketBatch | None:
         s, col = self._s, self._col
-        o = self.byteorder
-        head, epb, word = (
-            struct.Struct(o + "II"),
-            struct.Struct(o + "IIIII"),
-            struct.Struct(o + "I"),
-        )
+        head, epb, word = self._block_structs()
         add_pos, add_caplen, add_row = col.pos.append, col.caplen.append, col.rows.append
         fast = self._fast_interfaces()
-        buf, pos = s.buf, s.pos
-        end = len(buf)
-        col.buf = buf
+        buf, pos, end = self._window()
         count = 0
         while count < self.batch_size:
             # Fast path: a well-formed EPB wholly in the buffer, on a plain-clock interface.
@@ -443,13 +434,9 @@ class PcapngReader:
             count += self._general_block(*block)
             s.pos += block[1]
             if block[0] in (PCAPNG_SHB, BLOCK_IDB):
-                o = self.byteorder
-                head, epb = struct.Struct(o + "II"), struct.Struct(o + "IIIII")
-                word = struct.Struct(o + "I")
+                head, epb, word = self._block_structs()
                 fast = self._fast_interfaces()
-            buf, pos = s.buf, s.pos
-            end = len(buf)
-            col.buf = buf
+            buf, pos, end = self._window()
         s.pos = pos
         return col.take()
 
@@ -507,16 +494,6 @@ class PcapngReader:
             return 1
         return 0
 
-    def close(self) -> None:
-        if self._owned:
-            self._f.close()
-
-    def __enter__(self) -> PcapngReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 def open_capture(source: Source, batch_size: int = DEFAULT_BATCH) -> PcapReader | PcapngReader:
     """A reader for a pcap or pcapng file, chosen by its first four bytes."""
@@ -566,9 +543,7 @@ def _records(
     lengths = batch.lengths.astype(np.int64)
     padded = lengths + (-lengths % pad_to)
     size = k + padded + (4 if trailer else 0)
-    starts = np.zeros(n, np.int64)
-    if n > 1:
-        np.cumsum(size[:-1], out=starts[1:])
+    starts = packed_offsets(size)
     out = np.zeros(int(size.sum()), np.uint8)
     out[starts[:, None] + np.arange(k)] = head
     ragged_copy(out, starts + k, batch.data, batch.offsets, lengths)
@@ -578,7 +553,20 @@ def _records(
     return out
 
 
-class PcapWriter:
+class _CaptureWriter(Closing):
+    """What both writers share: the target, closed at the end if opened here (else flushed)."""
+
+    def __init__(self, target: Source) -> None:
+        self._f, self._owned = _open(target, "wb")
+
+    def close(self) -> None:
+        if self._owned:
+            self._f.close()
+        else:
+            self._f.flush()
+
+
+class PcapWriter(_CaptureWriter):
     """Writes batches to a classic pcap file (nanosecond timestamps by default)."""
 
     def __init__(
@@ -591,7 +579,7 @@ class PcapWriter:
     ) -> None:
         if byteorder not in ("<", ">"):
             raise ValueError("byteorder is '<' or '>'")
-        self._f, self._owned = _open(target, "wb")
+        super().__init__(target)
         self.snaplen = snaplen
         self.nanosecond = nanosecond
         self.byteorder = byteorder
@@ -613,23 +601,6 @@ class PcapWriter:
         header[:, 3] = _wire_lengths(batch)
         self._f.write(_records(batch, header, 1, trailer=False).tobytes())
 
-    def close(self) -> None:
-        if self._owned:
-            self._f.close()
-        else:
-            self._f.flush()
-
-    def __enter__(self) -> PcapWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 def _option(code: int, value: bytes) -> bytes:
     return struct.pack("<HH", code, len(value)) + value + bytes(-len(value) % 4)
@@ -640,7 +611,7 @@ def _block(btype: int, body: bytes) -> bytes:
     return struct.pack("<II", btype, length) + body + struct.pack("<I", length)
 
 
-class PcapngWriter:
+class PcapngWriter(_CaptureWriter):
     """Writes batches to a pcapng file (little endian, one section, nanosecond timestamps).
 
     Interface *i* is declared for port *i*: interfaces up to the highest port seen are
@@ -654,7 +625,7 @@ class PcapngWriter:
         snaplen: int = 0,
         application: str = "nfaas",
     ) -> None:
-        self._f, self._owned = _open(target, "wb")
+        super().__init__(target)
         self.linktype = linktype
         self.snaplen = snaplen
         self._declared = 0
@@ -690,23 +661,6 @@ class PcapngWriter:
         header[:, 5] = lengths
         header[:, 6] = _wire_lengths(batch)
         self._f.write(_records(batch, header, 4, trailer=True).tobytes())
-
-    def close(self) -> None:
-        if self._owned:
-            self._f.close()
-        else:
-            self._f.flush()
-
-    def __enter__(self) -> PcapngWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _batches(packets: PacketBatch | Iterable[PacketBatch]) -> Iterable[PacketBatch]:

@@ -563,9 +563,12 @@ class ConnTrack:
         n = len(h)
         if len(batch) != n:
             raise ValueError(f"{len(batch)} packets but {n} parsed headers")
-        state = np.zeros(n, np.uint8)  # CtState.INVALID
-        reply = np.zeros(n, np.bool_)
-        keys = np.zeros(n, np.uint64)
+        out = Tracked(
+            np.zeros(n, np.uint8),  # CtState.INVALID
+            np.zeros(n, np.bool_),
+            np.zeros(n, np.uint64),
+        )
+        state = out.state
         valid = h.valid
         ip = valid & (h.ip_version != 0)
         state[valid & ~ip] = CtState.UNTRACKED
@@ -579,28 +582,20 @@ class ConnTrack:
         l4 = ip & (h.l4_offset >= 0) & ~icmp
         tracked = np.flatnonzero(l4 | echo)
         if tracked.size:
-            self._track_connections(batch, h, tracked, now, state, reply, keys)
+            self._track_connections(batch, h, tracked, now, out)
         err = np.flatnonzero(errors)
         if err.size:
-            self._related(batch, h, err, now, state, reply, keys)
-        counts = np.bincount(state, minlength=len(CtState))
-        for s in CtState:
-            self.stats[s.name.lower()] += int(counts[s])
-        return Tracked(state, reply, keys)
+            self._related(batch, h, err, now, out)
+        _count_states(self.stats, state)
+        return out
 
     def _track_connections(
-        self,
-        batch: PacketBatch,
-        h: Headers,
-        idx: NDArray[np.intp],
-        now: float,
-        state: NDArray[np.uint8],
-        reply: NDArray[np.bool_],
-        keys_out: U64,
+        self, batch: PacketBatch, h: Headers, idx: NDArray[np.intp], now: float, out: Tracked
     ) -> None:
+        """Packets `idx` (TCP, UDP, other L4, ICMP echo): their connections' state machines."""
         all_keys, all_sides = connection_keys(h)
         key, side = all_keys[idx], all_sides[idx]
-        keys_out[idx] = key
+        out.key[idx] = key
         proto = h.protocol[idx]
         echo = _is_echo(h)[idx]
         fam = np.where(
@@ -627,7 +622,9 @@ class ConnTrack:
         cur_o = np.zeros(uniq.size, np.uint8)
         cur_s[present] = self.table.records["state"][rows[present]]
         cur_o[present] = self.table.records["orig"][rows[present]]
-        info, rep, valid_pkt = _resolve(order, group, side, fam, cls, cur_s, cur_o)
+        machine = _StateMachine(group, side, fam, cls, cur_s, cur_o)
+        machine.run(order)
+        info, valid_pkt = machine.info, machine.accepted
         touched = np.zeros(uniq.size, np.bool_)
         touched[group[valid_pkt]] = True
         # Write back: refresh/create live connections, remove killed ones.
@@ -659,18 +656,11 @@ class ConnTrack:
             rec["packets"][new_rows] += pk[keep].astype(np.uint64)
             rec["bytes"][new_rows] += by[keep].astype(np.uint64)
             self.table.set_timeout(new_rows, self._ttl[gfam, cur_s[keep]])
-        state[idx] = info
-        reply[idx] = rep
+        out.state[idx] = info
+        out.reply[idx] = machine.reply
 
     def _related(
-        self,
-        batch: PacketBatch,
-        h: Headers,
-        err: NDArray[np.intp],
-        now: float,
-        state: NDArray[np.uint8],
-        reply: NDArray[np.bool_],
-        keys_out: U64,
+        self, batch: PacketBatch, h: Headers, err: NDArray[np.intp], now: float, out: Tracked
     ) -> None:
         """ICMP errors: parse the embedded packet and look up its connection."""
         sub = batch.select(err, copy=False)
@@ -730,106 +720,111 @@ class ConnTrack:
         rows = self.table.find(key, now)
         found = rows >= 0
         hit = err[ok[found]]
-        state[hit] = CtState.RELATED
-        keys_out[hit] = key[found]
+        out.state[hit] = CtState.RELATED
+        out.key[hit] = key[found]
         # The error answers the embedded packet: it travels opposite to it.
         orig = self.table.records["orig"][rows[found]]
-        reply[hit] = side[found] == orig
+        out.reply[hit] = side[found] == orig
 
 
-def _resolve(
-    order: NDArray[np.intp],
-    group: NDArray[np.intp],
-    side: NDArray[np.uint8],
-    fam: NDArray[np.uint8],
-    cls: NDArray[np.uint8],
-    cur_s: NDArray[np.uint8],
-    cur_o: NDArray[np.uint8],
-) -> tuple[NDArray[np.uint8], NDArray[np.bool_], NDArray[np.bool_]]:
-    """Run each connection's packets through the state machine, in arrival order.
+def _count_states(into: dict[str, int], states: NDArray[np.uint8]) -> None:
+    """Add how many packets got each CtState to `into`, under the state's lower-case name."""
+    counts = np.bincount(states, minlength=len(CtState))
+    for s in CtState:
+        if counts[s]:
+            into[s.name.lower()] = into.get(s.name.lower(), 0) + int(counts[s])
 
-    `cur_s` / `cur_o` hold each connection's state and original side on entry and are
-    updated in place. Returns per packet: CtState, reply direction, and "valid" (it was
-    accepted by the state machine).
+
+class _StateMachine:
+    """Each connection's packets of one batch run through the state machine, in arrival order.
+
+    Per packet: `group` (its connection), `side`, `fam`, `cls`. Per connection: `state` and
+    `orig` (original side) on entry, updated in place. `run` fills, per packet, `info`
+    (CtState), `reply` (reply direction) and `accepted` (the state machine took it).
     """
-    m = group.shape[0]
-    info = np.zeros(m, np.uint8)
-    rep = np.zeros(m, np.bool_)
-    accepted = np.zeros(m, np.bool_)
-    pending = order
-    rounds = 0
-    while pending.size:
-        if rounds == MAX_ROUNDS:
-            _resolve_loop(pending, group, side, fam, cls, cur_s, cur_o, info, rep, accepted)
-            break
-        g = group[pending]
-        s = cur_s[g]
-        d = np.where(s == 0, 0, side[pending] ^ cur_o[g]).astype(np.uint8)
-        f, c = fam[pending], cls[pending]
-        nxt = _NEXT[f, d, c, s]
-        ver = _VERDICT[f, d, c, s]
-        loud = np.flatnonzero(nxt != s)
-        if loud.size:
-            lg = g[loud]
-            firsts = loud[np.concatenate(([True], lg[1:] != lg[:-1]))]
-            cutoff = np.full(cur_s.shape[0], pending.size, np.intp)
-            cutoff[g[firsts]] = firsts
-            done = np.arange(pending.size) <= cutoff[g]
-        else:
-            done = np.ones(pending.size, np.bool_)
-        p = pending[done]
-        vd, dd, sd = ver[done], d[done], s[done]
-        info[p] = np.where(
-            vd == V_INVALID,
-            CtState.INVALID,
-            np.where(
-                vd == V_CREATE,
-                CtState.NEW,
-                np.where((dd == 1) | ((sd & 1) == 1), CtState.ESTABLISHED, CtState.NEW),
-            ),
-        )
-        rep[p] = (dd == 1) & (vd != V_CREATE)  # a creating packet is the new original
-        accepted[p] = vd != V_INVALID
-        if loud.size:
-            fg = g[firsts]
-            cur_s[fg] = nxt[firsts]
-            created = ver[firsts] == V_CREATE
-            cur_o[fg[created]] = side[pending[firsts[created]]]
-        pending = pending[~done]
-        rounds += 1
-    return info, rep, accepted
 
+    def __init__(
+        self,
+        group: NDArray[np.intp],
+        side: NDArray[np.uint8],
+        fam: NDArray[np.uint8],
+        cls: NDArray[np.uint8],
+        state: NDArray[np.uint8],
+        orig: NDArray[np.uint8],
+    ) -> None:
+        self.group, self.side, self.fam, self.cls = group, side, fam, cls
+        self.state, self.orig = state, orig
+        m = group.shape[0]
+        self.info = np.zeros(m, np.uint8)
+        self.reply = np.zeros(m, np.bool_)
+        self.accepted = np.zeros(m, np.bool_)
 
-def _resolve_loop(
-    pending: NDArray[np.intp],
-    group: NDArray[np.intp],
-    side: NDArray[np.uint8],
-    fam: NDArray[np.uint8],
-    cls: NDArray[np.uint8],
-    cur_s: NDArray[np.uint8],
-    cur_o: NDArray[np.uint8],
-    info: NDArray[np.uint8],
-    rep: NDArray[np.bool_],
-    accepted: NDArray[np.bool_],
-) -> None:
-    """The same state machine, one packet at a time (for pathological connections)."""
-    nxt_t, ver_t = _NEXT.tolist(), _VERDICT.tolist()
-    for p in pending.tolist():
-        g = int(group[p])
-        s = int(cur_s[g])
-        d = 0 if s == 0 else int(side[p]) ^ int(cur_o[g])
-        f, c = int(fam[p]), int(cls[p])
-        nxt, ver = nxt_t[f][d][c][s], ver_t[f][d][c][s]
-        if ver == V_INVALID:
-            info[p] = CtState.INVALID
-        elif ver == V_CREATE:
-            info[p] = CtState.NEW
-            cur_o[g] = side[p]
-        else:
-            info[p] = CtState.ESTABLISHED if d == 1 or s & 1 else CtState.NEW
-        rep[p] = d == 1 and ver != V_CREATE
-        accepted[p] = ver != V_INVALID
-        cur_s[g] = nxt
+    def run(self, order: NDArray[np.intp]) -> None:
+        """Resolve the packets `order` (grouped by connection, in arrival order within each)."""
+        group, side, cur_s, cur_o = self.group, self.side, self.state, self.orig
+        pending = order
+        rounds = 0
+        while pending.size:
+            if rounds == MAX_ROUNDS:
+                self._run_one_by_one(pending)
+                break
+            g = group[pending]
+            s = cur_s[g]
+            d = np.where(s == 0, 0, side[pending] ^ cur_o[g]).astype(np.uint8)
+            f, c = self.fam[pending], self.cls[pending]
+            nxt = _NEXT[f, d, c, s]
+            ver = _VERDICT[f, d, c, s]
+            loud = np.flatnonzero(nxt != s)
+            if loud.size:
+                lg = g[loud]
+                firsts = loud[np.concatenate(([True], lg[1:] != lg[:-1]))]
+                cutoff = np.full(cur_s.shape[0], pending.size, np.intp)
+                cutoff[g[firsts]] = firsts
+                done = np.arange(pending.size) <= cutoff[g]
+            else:
+                done = np.ones(pending.size, np.bool_)
+            p = pending[done]
+            vd, dd, sd = ver[done], d[done], s[done]
+            self.info[p] = np.where(
+                vd == V_INVALID,
+                CtState.INVALID,
+                np.where(
+                    vd == V_CREATE,
+                    CtState.NEW,
+                    np.where((dd == 1) | ((sd & 1) == 1), CtState.ESTABLISHED, CtState.NEW),
+                ),
+            )
+            self.reply[p] = (dd == 1) & (vd != V_CREATE)  # a creating packet is the new original
+            self.accepted[p] = vd != V_INVALID
+            if loud.size:
+                fg = g[firsts]
+                cur_s[fg] = nxt[firsts]
+                created = ver[firsts] == V_CREATE
+                cur_o[fg[created]] = side[pending[firsts[created]]]
+            pending = pending[~done]
+            rounds += 1
+
+    def _run_one_by_one(self, pending: NDArray[np.intp]) -> None:
+        """The same state machine, one packet at a time (for pathological connections)."""
+        group, side, cur_s, cur_o = self.group, self.side, self.state, self.orig
+        info, rep, accepted = self.info, self.reply, self.accepted
+        nxt_t, ver_t = _NEXT.tolist(), _VERDICT.tolist()
+        for p in pending.tolist():
+            g = int(group[p])
+            s = int(cur_s[g])
+            d = 0 if s == 0 else int(side[p]) ^ int(cur_o[g])
+            f, c = int(self.fam[p]), int(self.cls[p])
+            nxt, ver = nxt_t[f][d][c][s], ver_t[f][d][c][s]
+            if ver == V_INVALID:
+                info[p] = CtState.INVALID
+            elif ver == V_CREATE:
+                info[p] = CtState.NEW
+                cur_o[g] = side[p]
+            else:
+                info[p] = CtState.ESTABLISHED if d == 1 or s & 1 else CtState.NEW
+            rep[p] = d == 1 and ver != V_CREATE
+            accepted[p] = ver != V_INVALID
+            cur_s[g] = nxt
 
 
 # -- the operator -------------------------------------------------------------------------------
@@ -867,12 +862,7 @@ class Track(Operator):
     def process(self, batch: PacketBatch, headers: Headers | None, now: float) -> list[Output]:
         assert headers is not None
         t = self.conntrack.track(batch, headers, now)
-        counts = np.bincount(t.state, minlength=len(CtState))
-        extra = self.counters.extra
-        for s in CtState:
-            if counts[s]:
-                label = s.name.lower()
-                extra[label] = extra.get(label, 0) + int(counts[s])
-        extra["connections"] = len(self.conntrack)
+        _count_states(self.counters.extra, t.state)
+        self.counters.extra["connections"] = len(self.conntrack)
         out = with_meta(batch, ct_state=t.state, ct_reply=t.reply, ct_key=t.key)
         return [(out, headers)]

@@ -23,14 +23,15 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import IO, Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl
 
 import numpy as np
 
 from nfaas.nf.batch import PacketBatch
+from nfaas.nf.closing import Closing
 from nfaas.nf.pcap import PcapngReader, PcapngWriter, PcapReader, PcapWriter, open_capture
 
 __all__ = [
@@ -146,23 +147,36 @@ def netns(name: str | None) -> Iterator[None]:
 # -- capture files as ports -----------------------------------------------------------------
 
 
-class CaptureInPort:
+class _CapturePort(Closing):
+    """A capture file opened as a port: its path, URL, file and packet counters."""
+
+    def __init__(self, path: str | Path, url: str, mode: str, failure: str) -> None:
+        self.path = Path(path)
+        self.url = url
+        try:
+            self._file: IO[bytes] = open(self.path, mode)  # noqa: SIM115 (closed by close())
+        except OSError as e:
+            raise PortError(e.errno or 5, f"{self.url}: {failure}: {e}") from e
+        self._counters = PortStats()
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def stats(self) -> PortStats:
+        return replace(self._counters)
+
+
+class CaptureInPort(_CapturePort):
     """A pcap or pcapng file read as a port; `exhausted` turns True at the end of the file."""
 
     def __init__(self, path: str | Path, url: str = "") -> None:
-        self.path = Path(path)
-        self.url = url or f"pcap:{path}"
-        try:
-            self._file = open(self.path, "rb")  # noqa: SIM115 (closed by close())
-        except OSError as e:
-            raise PortError(e.errno or 5, f"{self.url}: cannot open capture: {e}") from e
+        super().__init__(path, url or f"pcap:{path}", "rb", "cannot open capture")
         try:
             self._reader: PcapReader | PcapngReader = open_capture(self._file, DEFAULT_BURST)
         except BaseException:
             self._file.close()
             raise
         self._batches = iter(self._reader)
-        self._counters = PortStats()
         self.exhausted = False
 
     def recv_batch(
@@ -182,37 +196,20 @@ class CaptureInPort:
     def send_batch(self, batch: PacketBatch) -> int:
         raise PortError(95, f"{self.url}: a capture input port cannot send")
 
-    def fileno(self) -> int:
-        return self._file.fileno()
-
-    def stats(self) -> PortStats:
-        return PortStats(**vars(self._counters))
-
     def close(self) -> None:
         self._reader.close()
         self._file.close()
 
-    def __enter__(self) -> CaptureInPort:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class CaptureOutPort:
+class CaptureOutPort(_CapturePort):
     """Batches written to a pcap or pcapng file; packets with no timestamp get the time sent."""
 
     def __init__(self, path: str | Path, pcapng: bool = True, url: str = "") -> None:
-        self.path = Path(path)
-        self.url = url or f"{'pcapng' if pcapng else 'pcap'}-out:{path}"
-        try:
-            self._file = open(self.path, "wb")  # noqa: SIM115 (closed by close())
-        except OSError as e:
-            raise PortError(e.errno or 5, f"{self.url}: cannot create capture: {e}") from e
+        url = url or f"{'pcapng' if pcapng else 'pcap'}-out:{path}"
+        super().__init__(path, url, "wb", "cannot create capture")
         self._writer: PcapWriter | PcapngWriter = (
             PcapngWriter(self._file) if pcapng else PcapWriter(self._file)
         )
-        self._counters = PortStats()
 
     def recv_batch(
         self, max_packets: int = DEFAULT_BURST, timeout: float | None = 0.0
@@ -233,22 +230,10 @@ class CaptureOutPort:
         self._counters.tx_bytes += batch.total_bytes
         return len(batch)
 
-    def fileno(self) -> int:
-        return self._file.fileno()
-
-    def stats(self) -> PortStats:
-        return PortStats(**vars(self._counters))
-
     def close(self) -> None:
         if not self._file.closed:
             self._writer.close()  # flushes; the file is ours to close
             self._file.close()
-
-    def __enter__(self) -> CaptureOutPort:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # -- port URLs ------------------------------------------------------------------------------

@@ -41,14 +41,14 @@ import select
 import socket
 import struct
 import time
-from dataclasses import dataclass
-from types import TracebackType
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
 
-from nfaas.nf.batch import PacketBatch, ragged_copy
+from nfaas.nf.batch import PacketBatch, packed_offsets, ragged_copy
 from nfaas.nf.build import fix_l4_checksums
+from nfaas.nf.closing import Closing
 from nfaas.nf.headers import parse
 from nfaas.nf.ports import DEFAULT_BURST, PortError, PortStats, netns
 
@@ -175,7 +175,7 @@ def set_offloads(name: str, netns_name: str | None = None, **features: bool) -> 
 # -- the port -------------------------------------------------------------------------------
 
 
-class AfPacketPort:
+class AfPacketPort(Closing):
     """A port on one network interface through an AF_PACKET socket with mmap rings.
 
     Args:
@@ -409,7 +409,7 @@ class AfPacketPort:
         vlan = (status & TP_STATUS_VLAN_VALID) != 0
         extra = np.where(vlan, VLAN_HLEN, 0)
         lengths = snap + extra
-        offsets = np.cumsum(lengths) - lengths
+        offsets = packed_offsets(lengths)
         data = np.empty(int(lengths.sum()), np.uint8)
         head = np.where(vlan, np.minimum(snap, 12), snap)  # MAC addresses, then the tag
         ragged_copy(data, offsets, self._ring, src, head)
@@ -557,7 +557,7 @@ class AfPacketPort:
             1
         ]
         self._kernel_drops += drops  # reading the kernel's counters resets them
-        return PortStats(**{**vars(self._counters), "rx_dropped": self._kernel_drops})
+        return replace(self._counters, rx_dropped=self._kernel_drops)
 
     def close(self) -> None:
         """Unmap the rings and close the socket (safe to call twice, or half-built)."""
@@ -570,17 +570,6 @@ class AfPacketPort:
             state.pop("_mm").close()
         if "_sock" in state:
             self._sock.close()
-
-    def __enter__(self) -> AfPacketPort:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         where = f" in {self.netns}" if self.netns else ""

@@ -26,11 +26,12 @@ import select
 import socket
 import struct
 import time
-from types import TracebackType
+from dataclasses import replace
 
 import numpy as np
 
-from nfaas.nf.batch import PacketBatch
+from nfaas.nf.batch import PacketBatch, packed_offsets
+from nfaas.nf.closing import Closing
 from nfaas.nf.ports import DEFAULT_BURST, PortError, PortStats, netns_path
 from nfaas.nf.ports import netns as in_netns
 
@@ -72,7 +73,7 @@ def _rtnetlink(kind: int, flags: int, body: bytes, where: str | None, what: str)
             raise PortError(err, f"{what}: {os.strerror(err)}")
 
 
-class TapPort:
+class TapPort(Closing):
     """A TAP device, created on open and read and written as a port.
 
     Args:
@@ -244,9 +245,8 @@ class TapPort:
         view.release()
         if not lengths:
             return PacketBatch.empty()
-        lens = np.asarray(lengths, np.int64)
         batch = PacketBatch(
-            self._scratch[:pos].copy(), np.cumsum(lens) - lens, lens, stamps, self.port_id
+            self._scratch[:pos].copy(), packed_offsets(lengths), lengths, stamps, self.port_id
         )
         self._counters.rx_packets += len(lengths)
         self._counters.rx_bytes += pos
@@ -287,7 +287,7 @@ class TapPort:
     def stats(self) -> PortStats:
         """Counters; `rx_dropped` is the device's tx_dropped (frames we were too slow for)."""
         dropped = self._kernel_tx_dropped() - self._dropped_base
-        return PortStats(**{**vars(self._counters), "rx_dropped": dropped})
+        return replace(self._counters, rx_dropped=dropped)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -298,17 +298,6 @@ class TapPort:
         """Make the device non-persistent and close it, which removes it."""
         if self._fd >= 0:
             fcntl.ioctl(self._fd, TUNSETPERSIST, 0)
-        self.close()
-
-    def __enter__(self) -> TapPort:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
         self.close()
 
     def __repr__(self) -> str:

@@ -456,13 +456,7 @@ class NatTable:
         self, tuples: FiveTuples, now: float, tcp_flags: ArrayLike | None = None
     ) -> Translation:
         """Translate packets from the inside: forwarded services' replies, then SNAT."""
-        _check_flags(tcp_flags, len(tuples))
-        self._sweep_if_due(now)
-        out = tuples.copy()
-        verdict = np.zeros(len(tuples), np.uint8)
-        proto_ok = _PROTO_INDEX[tuples.proto] >= 0
-        verdict[~proto_ok] = Verdict.UNSUPPORTED
-
+        out, verdict, proto_ok = self._start(tuples, now, tcp_flags)
         rule = self._forwards.by_inside(tuples.src, tuples.sport, tuples.proto)
         served = proto_ok & (rule >= 0)
         out.src[served] = self._forwards.public_addr[rule[served]]
@@ -491,13 +485,7 @@ class NatTable:
         self, tuples: FiveTuples, now: float, tcp_flags: ArrayLike | None = None
     ) -> Translation:
         """Translate packets from outside: port forwards, then replies to SNAT sessions."""
-        _check_flags(tcp_flags, len(tuples))
-        self._sweep_if_due(now)
-        out = tuples.copy()
-        verdict = np.zeros(len(tuples), np.uint8)
-        proto_ok = _PROTO_INDEX[tuples.proto] >= 0
-        verdict[~proto_ok] = Verdict.UNSUPPORTED
-
+        out, verdict, proto_ok = self._start(tuples, now, tcp_flags)
         rule = self._forwards.by_public(tuples.dst, tuples.dport, tuples.proto)
         forwarded = proto_ok & (rule >= 0)
         out.dst[forwarded] = self._forwards.inside_addr[rule[forwarded]]
@@ -526,6 +514,19 @@ class NatTable:
             self._track_tcp(sids, _flags_at(tcp_flags, rows), inbound=True)
         self.stats.count(verdict, "in")
         return Translation(out, verdict)
+
+    def _start(
+        self, tuples: FiveTuples, now: float, tcp_flags: ArrayLike | None
+    ) -> tuple[FiveTuples, NDArray[np.uint8], NDArray[np.bool_]]:
+        """What both directions begin with: check the flags, sweep if due, and give the
+        output tuples (a copy to rewrite), the verdicts (UNSUPPORTED for protocols NAT does
+        not know, else TRANSLATED so far) and the mask of supported packets."""
+        _check_flags(tcp_flags, len(tuples))
+        self._sweep_if_due(now)
+        verdict = np.zeros(len(tuples), np.uint8)
+        proto_ok = _PROTO_INDEX[tuples.proto] >= 0
+        verdict[~proto_ok] = Verdict.UNSUPPORTED
+        return tuples.copy(), verdict, proto_ok
 
     # -- sessions ------------------------------------------------------------------------------
 
