@@ -145,6 +145,28 @@ def test_unknown_target_and_duplicate_names() -> None:
     assert any("sink 'out' has no input" in p for p in problems)
 
 
+def test_a_port_can_be_both_source_and_sink() -> None:
+    """A bump in the wire: what enters on "a" leaves on "b" and the other way round."""
+    g = Graph("wire")
+    g.source("a").emit("b")
+    g.source("b").emit("a")
+    g.sink("a")
+    g.sink("b")
+    one, two = B.udp_frame(A, Z, 1, 2, b"ab"), B.udp_frame(Z, A, 2, 1, b"ba")
+    out = g.run_batch({"a": PacketBatch.from_bytes([one]), "b": PacketBatch.from_bytes([two])}, 0)
+    assert out["b"].to_list() == [one]
+    assert out["a"].to_list() == [two]
+    kinds = {(row["operator"], row["kind"]) for row in g.counters()}
+    assert {("a", "source"), ("a", "sink"), ("b", "source"), ("b", "sink")} <= kinds
+
+
+def test_connecting_to_an_input_port_is_an_error() -> None:
+    g = Graph("g")
+    g.source("in").emit("in")
+    problems = problems_of(g)
+    assert any("connected to 'in', which is an input port" in p for p in problems)
+
+
 def test_cycle_is_detected() -> None:
     g = Graph("loop")
     m = g.merge(g.source("in").parse(), name="m")

@@ -344,9 +344,13 @@ class Graph:
 
     # -- validation ---------------------------------------------------------------------------
 
+    def _target_index(self) -> dict[str, int]:
+        """Operators that `.to(name)` can reach, by name: every one but the sources."""
+        return {op.name: i for i, op in enumerate(self._nodes) if not isinstance(op, Source)}
+
     def _all_edges(self) -> list[tuple[int, int, int]]:
         """Edges with names resolved (unknown names left out: validate reports them)."""
-        index = {op.name: i for i, op in enumerate(self._nodes)}
+        index = self._target_index()
         edges = []
         for src, out, dst in self._edges:
             if isinstance(dst, str):
@@ -364,10 +368,18 @@ class Graph:
         for op in nodes:
             names[op.name] = names.get(op.name, 0) + 1
         for name, count in names.items():
-            if count > 1:
+            # A source and a sink may share a port name: one port, both directions.
+            shared_port = count == 2 and name in self._sources and name in self._sinks
+            if count > 1 and not shared_port:
                 problems.append(f"{count} operators are named '{name}'; names must be unique")
+        targets = self._target_index()
         for src, _, target in self._edges:
-            if isinstance(target, str) and target not in names:
+            if isinstance(target, str) and target in self._sources and target not in targets:
+                problems.append(
+                    f"{nodes[src].describe()} is connected to '{target}', which is an input "
+                    f"port; connect to a sink (declare one with g.sink({target!r}))"
+                )
+            elif isinstance(target, str) and target not in targets:
                 problems.append(
                     f"{nodes[src].describe()} is connected to '{target}', which is neither a "
                     f"sink port nor an operator (sinks: {sorted(self._sinks)}; declare it with "
