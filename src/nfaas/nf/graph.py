@@ -372,14 +372,14 @@ class Graph:
             shared_port = count == 2 and name in self._sources and name in self._sinks
             if count > 1 and not shared_port:
                 problems.append(f"{count} operators are named '{name}'; names must be unique")
-        targets = self._target_index()
+        reachable = self._target_index()
         for src, _, target in self._edges:
-            if isinstance(target, str) and target in self._sources and target not in targets:
+            if isinstance(target, str) and target in self._sources and target not in reachable:
                 problems.append(
                     f"{nodes[src].describe()} is connected to '{target}', which is an input "
                     f"port; connect to a sink (declare one with g.sink({target!r}))"
                 )
-            elif isinstance(target, str) and target not in targets:
+            elif isinstance(target, str) and target not in reachable:
                 problems.append(
                     f"{nodes[src].describe()} is connected to '{target}', which is neither a "
                     f"sink port nor an operator (sinks: {sorted(self._sinks)}; declare it with "
