@@ -405,6 +405,36 @@ ERROR_CASES = [
         "too large",
         id="overflow",
     ),
+    pytest.param(
+        "functions:\n  fw:\n    handler: fw\n    runtime: nf\n    scale: {max: 1}\n"
+        "    ports:\n      wan: afpacket:veth0\n      lan: afpacket:veth1?blocks=x\n",
+        8,
+        "functions.fw.ports.lan",
+        "option blocks: invalid literal",
+        id="nf-port-option",
+    ),
+    pytest.param(
+        "functions:\n  fw:\n    handler: fw\n    runtime: nf\n    ports:\n      t: tap:t0\n",
+        6,
+        "functions.fw.ports.t",
+        "needs ?multi_queue=1",
+        id="nf-tap-scaled",
+    ),
+    pytest.param(
+        "functions:\n  fw:\n    handler: fw\n    runtime: nf\n    isolation: microvm\n"
+        "    ports: {a: 'pcap:x.pcap'}\n",
+        5,
+        "functions.fw.isolation",
+        "cannot cross into a microVM",
+        id="nf-microvm",
+    ),
+    pytest.param(
+        "functions:\n  f:\n    handler: f\n    ports: {a: 'pcap:x.pcap'}\n",
+        4,
+        "functions.f.ports",
+        "ports are for runtime: nf",
+        id="ports-without-nf",
+    ),
 ]
 
 

@@ -30,7 +30,8 @@ class Deployment(BaseModel):
     namespace: str | None = None
     bundle: str = Field(description="sha256 of an uploaded bundle (POST /system/bundles)")
     spec: dict[str, Any] = Field(
-        default_factory=dict, description="runtime, isolation, scale, limits, env, labels, public"
+        default_factory=dict,
+        description="runtime, isolation, scale, limits, env, labels, public, network, ports",
     )
 
 
@@ -85,6 +86,8 @@ def function_status(
             "processes": spec.limits.processes,
         },
     }
+    if spec.ports:
+        out["ports"] = spec.ports
     if detail:
         out["envVars"] = spec.env
         out["status"] = platform.status(record)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from nfaas.node.agent import NodeAgent
 from nfaas.node.coldstart import ColdStart
 from nfaas.node.logs import FunctionKey
+from nfaas.node.nf_pool import NfPool
 
 PHASE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
 
@@ -50,6 +51,45 @@ class PoolCollector(Collector):
             ready.add_metric([tier], len(shells.ready))
             target.add_metric([tier], shells.size)
         yield from (replicas, starting, queued, inflight, ready, target)
+        yield from nf_counters(self._agent)
+
+
+def nf_counters(agent: NodeAgent) -> list[CounterMetricFamily]:
+    """Per-operator and per-port counters of NF functions, summed over their instances."""
+    op_labels = ["function_name", "operator", "kind"]
+    packets = CounterMetricFamily(
+        "nfaas_nf_operator_packets", "Packets into/out of an NF operator",
+        labels=[*op_labels, "direction"],
+    )  # fmt: skip
+    octets = CounterMetricFamily(
+        "nfaas_nf_operator_bytes", "Bytes into/out of an NF operator",
+        labels=[*op_labels, "direction"],
+    )  # fmt: skip
+    drops = CounterMetricFamily(
+        "nfaas_nf_operator_drops", "Packets an NF operator dropped", labels=[*op_labels, "reason"]
+    )
+    errors = CounterMetricFamily(
+        "nfaas_nf_operator_errors", "Batches lost to errors in user code", labels=op_labels
+    )
+    ports = CounterMetricFamily(
+        "nfaas_nf_port", "Port counters of NF functions (rx/tx packets, bytes, dropped)",
+        labels=["function_name", "port", "counter"],
+    )  # fmt: skip
+    for key, pool in agent.pools.items():
+        if not isinstance(pool, NfPool):
+            continue
+        fn = label(key)
+        for (what, name, kind, counter, reason), value in pool.totals.items():
+            if what == "port":
+                ports.add_metric([fn, name, counter], value)
+            elif counter == "drops":
+                drops.add_metric([fn, name, kind, reason], value)
+            elif counter == "errors":
+                errors.add_metric([fn, name, kind], value)
+            else:
+                family = packets if counter.startswith("packets") else octets
+                family.add_metric([fn, name, kind, counter.rpartition("_")[2]], value)
+    return [packets, octets, drops, errors, ports]
 
 
 class Metrics:

@@ -153,6 +153,7 @@ class Platform:
                 while pool.live() < want and pool.start_instance("autoscaler"):
                     pass
                 await pool.stop_idle(scale.idle_timeout, keep=scale.min)
+                pool.maintain()
                 if scale.pause_after:
                     await pool.pause_idle(scale.pause_after)
 
@@ -191,6 +192,12 @@ class Platform:
         """``mode`` is "create" (409 if present), "update" (404 if absent) or "upsert"."""
         ns = self.namespace_for(principal, namespace)
         spec = validate_spec(name, raw_spec)
+        if not principal.is_admin and any(
+            url.startswith(("afpacket:", "tap:")) for url in spec.ports.values()
+        ):
+            raise Forbidden(
+                "binding network interfaces (afpacket:, tap: ports) needs an admin token"
+            )
         try:
             self.agent.check_isolation(spec.isolation)
         except SandboxError as exc:

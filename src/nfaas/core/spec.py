@@ -13,10 +13,12 @@ from typing import Any
 
 import msgspec
 
+from nfaas.core.porturl import CAPTURE_KINDS, PortSpecError, parse_port_url
 from nfaas.core.units import parse_duration, parse_size
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-RUNTIMES = ("python",)
+RUNTIMES = ("python", "nf")
+PORT_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 ISOLATIONS = ("process", "container", "microvm")
 
 
@@ -64,6 +66,7 @@ class FunctionSpec(msgspec.Struct, frozen=True):
     labels: dict[str, str] = {}
     public: bool = False
     network: str = "none"  # "bridged": a veth on the node's bridge (container tier)
+    ports: dict[str, str] = {}  # runtime nf: the graph's port name -> port URL
 
 
 def validate_name(name: object, path: tuple[str, ...] = ("name",)) -> str:
@@ -168,7 +171,17 @@ def _limits(path: tuple[str, ...], raw: Mapping[str, Any]) -> Limits:
 
 # Keys a manifest entry may carry beyond the spec itself (client-side only).
 MANIFEST_ONLY_KEYS = {"handler"}
-SPEC_KEYS = {"runtime", "isolation", "scale", "limits", "env", "labels", "public", "network"}
+SPEC_KEYS = {
+    "runtime",
+    "isolation",
+    "scale",
+    "limits",
+    "env",
+    "labels",
+    "public",
+    "network",
+    "ports",
+}
 NETWORKS = ("none", "bridged")
 
 
@@ -200,17 +213,66 @@ def validate_spec(
     public = raw.get("public", False)
     if not isinstance(public, bool):
         raise SpecError(("public",), f"expected true or false, got {public!r}")
+    scale = _scale(("scale",), _mapping(("scale",), raw.get("scale", {})))
+    ports = _ports(raw.get("ports"), runtime, isolation, scale)
     return FunctionSpec(
         name=name,
         runtime=runtime,
         isolation=isolation,
-        scale=_scale(("scale",), _mapping(("scale",), raw.get("scale", {}))),
+        scale=scale,
         limits=_limits(("limits",), _mapping(("limits",), raw.get("limits", {}))),
         env=_str_map(("env",), raw.get("env", {})),
         labels=_str_map(("labels",), raw.get("labels", {})),
         public=public,
         network=network,
+        ports=ports,
     )
+
+
+def _ports(raw: object, runtime: str, isolation: str, scale: Scale) -> dict[str, str]:
+    """An NF function's ports: names the graph uses, URLs the node opens."""
+    if runtime != "nf":
+        if raw:
+            raise SpecError(("ports",), "ports are for runtime: nf functions")
+        return {}
+    if isolation == "microvm":
+        raise SpecError(
+            ("isolation",),
+            "runtime nf needs isolation process or container: the node hands the instance "
+            "its ports' sockets, which cannot cross into a microVM",
+        )
+    if not raw:
+        raise SpecError(("ports",), "runtime nf needs at least one port (name: URL)")
+    ports = _str_map(("ports",), raw)
+    for name, url in ports.items():
+        path = ("ports", name)
+        if not PORT_NAME_RE.match(name):
+            raise SpecError(
+                path,
+                f"invalid port name {name!r}: lowercase letters, digits and '_', "
+                "starting with a letter, at most 32 characters",
+            )
+        try:
+            kind, target, options = parse_port_url(url)
+        except PortSpecError as exc:
+            raise SpecError(path, str(exc)) from None
+        if kind in CAPTURE_KINDS and (target.startswith("/") or ".." in target.split("/")):
+            raise SpecError(
+                path,
+                f"capture path {target!r} must be relative, without '..': capture "
+                "files live in the node's captures/<namespace>/ directory",
+            )
+        if scale.max > 1 and kind in CAPTURE_KINDS:
+            raise SpecError(
+                path, f"a {kind} port cannot be shared by instances: set scale.max to 1"
+            )
+        if scale.max > 1 and kind == "tap" and not options.get("multi_queue"):
+            raise SpecError(
+                path,
+                "a tap port shared by several instances needs ?multi_queue=1 "
+                "(or set scale.max to 1)",
+            )
+    return ports
 
 
 def spec_to_dict(spec: FunctionSpec) -> dict[str, Any]:

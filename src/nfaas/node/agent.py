@@ -10,6 +10,7 @@ from pathlib import Path
 from nfaas.core.spec import FunctionSpec
 from nfaas.node.coldstart import ColdStart
 from nfaas.node.logs import FunctionKey, LogBook
+from nfaas.node.nf_pool import NfPool
 from nfaas.node.pool import FunctionPool
 from nfaas.node.shells import ShellPool
 from nfaas.sandbox.base import CodeBundle, Driver, Request, Response, SandboxError
@@ -45,6 +46,7 @@ class NodeAgent:
         self.shells = {name: ShellPool(d, sizes[name]) for name, d in self.drivers.items()}
         # tiers this node cannot offer, and why (e.g. no OCI runtime installed)
         self.unavailable: dict[str, str] = {}
+        self.data_dir = data_dir
         self.logs = LogBook(data_dir / "logs")
         self.pools: dict[FunctionKey, FunctionPool] = {}
         self.on_cold_start = on_cold_start
@@ -72,18 +74,18 @@ class NodeAgent:
 
     async def deploy(self, key: FunctionKey, spec: FunctionSpec, bundle: CodeBundle) -> None:
         pool = self.pools.get(key)
-        if pool is not None:
+        kind = NfPool if spec.runtime == "nf" else FunctionPool
+        if pool is not None and type(pool) is kind:
             await pool.update(spec, bundle)
             return
-        self.pools[key] = FunctionPool(
-            key,
-            spec,
-            bundle,
-            self.shells[spec.isolation],
-            self.logs,
-            self.on_cold_start,
-            self.queue_limit,
-        )
+        if pool is not None:  # the runtime changed: a pool of the other kind takes over
+            await pool.close()
+        args = (key, spec, bundle, self.shells[spec.isolation], self.logs, self.on_cold_start)
+        if kind is NfPool:
+            captures = self.data_dir / "captures" / key[0]
+            self.pools[key] = NfPool(*args, self.queue_limit, capture_dir=captures)
+        else:
+            self.pools[key] = FunctionPool(*args, self.queue_limit)
 
     def pool(self, key: FunctionKey) -> FunctionPool:
         pool = self.pools.get(key)

@@ -28,6 +28,7 @@ from nfaas.sandbox.base import (
     LoadTimings,
     Request,
     Response,
+    Shell,
     WorkerDied,
 )
 
@@ -233,13 +234,9 @@ class FunctionPool:
             record.shell = "prepared" if prepared else "fresh"
             record.spawned = time.monotonic()
             holder: list[Slot] = []
-            instance_id = shell.id
-            hooks = InstanceHooks(
-                on_log=lambda text: self._log(instance_id, text),
-                on_exit=lambda reason: self._on_exit(holder, reason),
-            )
+            hooks = self._hooks(shell.id, holder)
             timings = LoadTimings(spawned=record.spawned)
-            instance = await shell.load(spec, self.key[0], bundle, timings, hooks)
+            instance = await self._load(shell, spec, bundle, timings, hooks)
             record.loaded = timings.loaded or time.monotonic()
             record.shipped = timings.shipped or record.loaded
         except Exception as exc:
@@ -259,9 +256,33 @@ class FunctionPool:
             return
         record.ready = time.monotonic()
         self.slots.insert(0, slot)
+        self._on_ready(slot)
         self._hand_over(slot)
         if trigger != "request" or not slot.inflight:
             self.shells.refill()  # a request's cold start refills after its first response
+
+    def _hooks(self, instance_id: str, holder: list[Slot]) -> InstanceHooks:
+        """How the instance reports back; ``holder`` gets its slot once it has one."""
+        return InstanceHooks(
+            on_log=lambda text: self._log(instance_id, text),
+            on_exit=lambda reason: self._on_exit(holder, reason),
+        )
+
+    async def _load(
+        self,
+        shell: Shell,
+        spec: FunctionSpec,
+        bundle: CodeBundle,
+        timings: LoadTimings,
+        hooks: InstanceHooks,
+    ) -> Instance:
+        return await shell.load(spec, self.key[0], bundle, timings, hooks)
+
+    def _on_ready(self, slot: Slot) -> None:
+        """The instance can serve; the cold start is complete at its first response."""
+
+    def maintain(self) -> None:
+        """Called on every control-loop tick; pools with standing work override it."""
 
     def _note_failure(self, error: str, is_load_error: bool) -> None:
         self.failures += 1

@@ -9,10 +9,14 @@ to HTTP status codes.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from nfaas.core.spec import FunctionSpec, Limits
+
+if TYPE_CHECKING:
+    from nfaas.nf.ports.claim import PortClaim
 
 
 class SandboxError(Exception):
@@ -83,6 +87,7 @@ class InstanceHooks:
 
     on_log: Callable[[str], None]
     on_exit: Callable[[str], None]
+    on_report: Callable[[Any], None] | None = None  # an NF's counters (protocol.Report)
 
 
 @dataclass
@@ -131,8 +136,12 @@ class Shell(abc.ABC):
         bundle: CodeBundle,
         timings: LoadTimings,
         hooks: InstanceHooks,
+        ports: Sequence[PortClaim] = (),
     ) -> Instance:
-        """Load the function into this shell; the shell is consumed either way."""
+        """Load the function into this shell; the shell is consumed either way.
+
+        ``ports``: an NF function's ports, opened by the node; their descriptors go to the
+        instance (tiers that cannot pass descriptors raise LoadFailed)."""
 
     @abc.abstractmethod
     async def discard(self) -> None: ...

@@ -21,11 +21,12 @@ import shutil
 import signal
 import socket
 import sys
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from ipaddress import IPv4Address
 from pathlib import Path
 
 from nfaas.core.spec import FunctionSpec
+from nfaas.nf.ports.claim import PortClaim
 from nfaas.sandbox import oci
 from nfaas.sandbox.base import (
     CodeBundle,
@@ -188,6 +189,7 @@ class ContainerShell(StreamShell):
         bundle: CodeBundle,
         timings: LoadTimings,
         hooks: InstanceHooks,
+        ports: Sequence[PortClaim] = (),
     ) -> Instance:
         limits = spec.limits
         try:
@@ -207,6 +209,7 @@ class ContainerShell(StreamShell):
             spec,
             namespace,
             hooks,
+            ports=ports,
             code_dir=oci.CODE_DIR,
             workdir=oci.WORK_DIR,
             uid=self.uid,
@@ -215,7 +218,7 @@ class ContainerShell(StreamShell):
             bundle=Path(bundle.archive).read_bytes(),
             extra_env=extra_env,
         )
-        await self.finish_load(stream, load, timings, LOAD_TIMEOUT)
+        await self.finish_load(stream, load, timings, LOAD_TIMEOUT, ports)
         return ContainerInstance(self, stream, limits.memory)
 
     async def _attach_network(self) -> IPv4Address:

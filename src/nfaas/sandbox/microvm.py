@@ -21,17 +21,19 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 from nfaas.core.spec import FunctionSpec, Limits
+from nfaas.nf.ports.claim import PortClaim
 from nfaas.sandbox.base import (
     CodeBundle,
     Driver,
     Instance,
     InstanceHooks,
     InstanceStats,
+    LoadFailed,
     LoadTimings,
     SandboxError,
     Shell,
@@ -254,7 +256,11 @@ class MicroVmShell(StreamShell):
         bundle: CodeBundle,
         timings: LoadTimings,
         hooks: InstanceHooks,
+        ports: Sequence[PortClaim] = (),
     ) -> Instance:
+        if ports:
+            await self.discard()
+            raise LoadFailed("a microVM cannot take an NF's ports: use process or container")
         stream, load = self.begin_load(
             spec,
             namespace,

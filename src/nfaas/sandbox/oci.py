@@ -119,7 +119,12 @@ def prepare_rootfs(rootfs: Path, binds: list[str]) -> None:
         if not path.is_symlink() and not path.exists():
             path.symlink_to(target)
     for bind in binds:
-        (rootfs / bind.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        point = rootfs / bind.lstrip("/")
+        point.mkdir(parents=True, exist_ok=True)
+        # the instance's uid must traverse to the bind (the platform's umask is 077)
+        while point != rootfs:
+            point.chmod(0o755)
+            point = point.parent
     rootfs.chmod(0o755)
     # runc gives a tmpfs the mode of the directory it is mounted on
     (rootfs / "tmp").chmod(0o1777)

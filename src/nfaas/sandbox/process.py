@@ -18,13 +18,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from nfaas.core.spec import FunctionSpec
+from nfaas.nf.ports.claim import PortClaim
 from nfaas.sandbox.base import (
     CodeBundle,
     Driver,
@@ -105,18 +106,20 @@ class ProcessShell(StreamShell):
         bundle: CodeBundle,
         timings: LoadTimings,
         hooks: InstanceHooks,
+        ports: Sequence[PortClaim] = (),
     ) -> Instance:
         stream, load = self.begin_load(
             spec,
             namespace,
             hooks,
+            ports=ports,
             code_dir=bundle.code_dir,
             workdir=str(self.workdir),
             uid=self.uid,
             rlimits=rlimits_for(spec),
             deps_dir=bundle.deps_dir,
         )
-        await self.finish_load(stream, load, timings, LOAD_TIMEOUT)
+        await self.finish_load(stream, load, timings, LOAD_TIMEOUT, ports)
         return ProcessInstance(self.id, self.pid, stream, self.workdir)
 
     async def discard(self) -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import socket
 from collections.abc import Callable
+from typing import Any
 
 from nfaas.sandbox.base import WorkerDied
-from nfaas.worker.protocol import FrameBuffer, Message, ProtocolError, encode
+from nfaas.worker.protocol import Attach, FrameBuffer, Message, ProtocolError, Report, encode
 
 
 class WorkerStream(asyncio.Protocol):
@@ -20,6 +23,7 @@ class WorkerStream(asyncio.Protocol):
         self._ids = itertools.count(1)
         self._transport: asyncio.Transport | None = None
         self.closed = False
+        self.on_report: Callable[[Any], None] | None = None  # an NF instance's counters
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -32,6 +36,10 @@ class WorkerStream(asyncio.Protocol):
             return
         pending = self._pending
         for msg in messages:
+            if isinstance(msg, Report):
+                if self.on_report is not None:
+                    self.on_report(msg)
+                continue
             fut = pending.pop(msg.id, None)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
@@ -64,6 +72,27 @@ class WorkerStream(asyncio.Protocol):
         self._transport.write(encode(msg))
         return fut
 
+    def attach(self, fds: list[int]) -> None:
+        """Send file descriptors to the worker (SCM_RIGHTS on an Attach frame).
+
+        Written straight to the socket, beside the transport: call it only when nothing is
+        queued in the transport (before a Load), so the frames stay in order."""
+        transport = self._transport
+        if self.closed or transport is None:
+            raise WorkerDied("worker stream is closed")
+        if transport.get_write_buffer_size():
+            raise WorkerDied("cannot attach descriptors while frames are queued")
+        raw = transport.get_extra_info("socket")
+        # uvloop hands out a pseudo-socket without sendmsg: use a real one on a duplicate
+        sock = socket.socket(fileno=os.dup(raw.fileno()))
+        try:
+            frame = encode(Attach(0, len(fds)))
+            sent = sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _ints(fds))])
+        finally:
+            sock.close()
+        if sent != len(frame):
+            raise WorkerDied(f"attach frame cut short ({sent} of {len(frame)} bytes)")
+
     def expect(self, message_id: int) -> asyncio.Future[Message]:
         """A future for a message the peer will send unasked (e.g. a guest's hello)."""
         fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
@@ -78,6 +107,12 @@ class WorkerStream(asyncio.Protocol):
 
     def close(self) -> None:
         self._fail("stream closed by the node")
+
+
+def _ints(values: list[int]) -> bytes:
+    import array
+
+    return array.array("i", values).tobytes()
 
 
 class LineReader(asyncio.Protocol):

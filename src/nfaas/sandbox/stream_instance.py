@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from nfaas.core.spec import FunctionSpec
+from nfaas.nf.ports.claim import PortClaim
 from nfaas.sandbox.base import (
     HandlerError,
     Instance,
@@ -21,7 +23,7 @@ from nfaas.sandbox.base import (
     WorkerDied,
 )
 from nfaas.sandbox.stream import WorkerStream
-from nfaas.worker.protocol import Error, Invoke, Load, Loaded, Message, Result
+from nfaas.worker.protocol import Error, Invoke, Load, Loaded, Message, PortBinding, Result
 
 
 def rlimits_for(
@@ -137,12 +139,14 @@ class StreamShell(Shell):
         bundle: bytes = b"",
         deps: bytes = b"",
         extra_env: dict[str, str] | None = None,
+        ports: Sequence[PortClaim] = (),
     ) -> tuple[WorkerStream, Load]:
         """The function takes over the shell; returns its stream and the load frame to send."""
         stream = self.stream
         if stream is None or stream.closed:
             raise LoadFailed("shell is gone")
         self._hooks = hooks
+        stream.on_report = hooks.on_report
         env = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "HOME": workdir,
@@ -168,14 +172,24 @@ class StreamShell(Shell):
             deps_dir=deps_dir,
             bundle=bundle,
             deps=deps,
+            runtime=spec.runtime,
+            ports=[PortBinding(claim.name, claim.url, claim.info) for claim in ports],
         )
         return stream, load
 
     async def finish_load(
-        self, stream: WorkerStream, load: Load, timings: LoadTimings, timeout: float
+        self,
+        stream: WorkerStream,
+        load: Load,
+        timings: LoadTimings,
+        timeout: float,
+        ports: Sequence[PortClaim] = (),
     ) -> None:
-        """Send the load frame and wait for the worker; on failure the shell is discarded."""
+        """Send the port descriptors (if any) and the load frame, and wait for the worker;
+        on failure the shell is discarded."""
         try:
+            if ports:
+                stream.attach([fd for claim in ports for fd in claim.fds])
             reply = await asyncio.wait_for(stream.request(load), timeout)
         except (TimeoutError, SandboxError) as exc:
             await self.discard()

@@ -26,7 +26,7 @@ class Event:
 class Context:
     """Who is running: the function, its namespace and instance, and its environment."""
 
-    __slots__ = ("env", "function_name", "instance_id", "namespace")
+    __slots__ = ("env", "function_name", "graph", "instance_id", "namespace")
 
     def __init__(
         self, function_name: str, namespace: str, instance_id: str, env: dict[str, str]
@@ -35,6 +35,7 @@ class Context:
         self.namespace = namespace
         self.instance_id = instance_id
         self.env = env
+        self.graph: Any = None  # runtime nf: the running Graph (its counters, operators)
 
     def log(self, message: str) -> None:
         print(message, file=sys.stderr, flush=True)

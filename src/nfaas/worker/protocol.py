@@ -8,6 +8,7 @@ The same bytes travel over a Unix socket (process, container) or a serial port (
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import msgspec
 
@@ -15,6 +16,22 @@ HEADER = struct.Struct(">I")
 # A guest announces itself with an unsolicited Pong carrying this id once its port is ready.
 HELLO_ID = 0
 MAX_FRAME = 256 * 1024 * 1024
+
+
+class PortBinding(msgspec.Struct, array_like=True):
+    """One port of an NF function: its graph name, URL and what the node found out about it.
+    Its file descriptor arrives with the Attach frame before the Load frame (in order)."""
+
+    name: str
+    url: str
+    info: dict[str, int | str] = {}
+
+
+class Attach(msgspec.Struct, tag="attach", array_like=True):
+    """Carries ``count`` file descriptors (SCM_RIGHTS) for the next Load's ports; no reply."""
+
+    id: int
+    count: int
 
 
 class Load(msgspec.Struct, tag="load", array_like=True):
@@ -36,6 +53,8 @@ class Load(msgspec.Struct, tag="load", array_like=True):
     # unpacks it into ``code_dir`` before it drops privileges.
     bundle: bytes = b""
     deps: bytes = b""  # installed requirements (a zip), unpacked into ``deps_dir`` likewise
+    runtime: str = "python"
+    ports: list[PortBinding] = []  # runtime nf: bound in order to the attached descriptors
 
 
 class Loaded(msgspec.Struct, tag="loaded", array_like=True):
@@ -72,6 +91,16 @@ class Error(msgspec.Struct, tag="error", array_like=True):
     message: str
 
 
+class Report(msgspec.Struct, tag="report", array_like=True):
+    """Unsolicited, from an NF instance about once a second while packets flow: the graph's
+    per-operator counters and each port's counters, cumulative since the instance started."""
+
+    id: int
+    operators: list[dict[str, Any]]
+    ports: dict[str, dict[str, int]]
+    rx_packets: int
+
+
 class Ping(msgspec.Struct, tag="ping", array_like=True):
     id: int
 
@@ -80,7 +109,7 @@ class Pong(msgspec.Struct, tag="pong", array_like=True):
     id: int
 
 
-Message = Load | Loaded | Invoke | Result | Error | Ping | Pong
+Message = Load | Loaded | Invoke | Result | Error | Ping | Pong | Attach | Report
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)

@@ -12,6 +12,7 @@ import importlib.util
 import io
 import os
 import resource
+import socket
 import sys
 import threading
 import time
@@ -23,6 +24,7 @@ from typing import Any, NoReturn, Protocol
 
 from nfaas.worker.handler_io import Context, make_event, to_response
 from nfaas.worker.protocol import (
+    Attach,
     Error,
     FrameBuffer,
     Invoke,
@@ -89,7 +91,8 @@ def unpack_bundle(data: bytes, code_dir: str) -> None:
             os.chmod(os.path.join(folder, name), 0o644)
 
 
-def import_handler(code_dir: str, deps_dir: str) -> Callable[[Any, Any], Any]:
+def import_module(code_dir: str, deps_dir: str) -> Any:
+    """The function's handler.py, with its code and installed requirements importable."""
     for path in (deps_dir, code_dir):
         if path:
             sys.path.insert(0, path)
@@ -99,7 +102,11 @@ def import_handler(code_dir: str, deps_dir: str) -> Callable[[Any, Any], Any]:
     module = importlib.util.module_from_spec(spec)
     sys.modules["handler"] = module
     spec.loader.exec_module(module)
-    handle = getattr(module, "handle", None)
+    return module
+
+
+def import_handler(code_dir: str, deps_dir: str) -> Callable[[Any, Any], Any]:
+    handle = getattr(import_module(code_dir, deps_dir), "handle", None)
     if not callable(handle):
         raise AttributeError("handler.py does not define a callable handle(event, context)")
     return handle
@@ -114,6 +121,8 @@ class Worker:
         self.handle: Callable[[Any, Any], Any] | None = None
         self.context: Context | None = None
         self.pool: ThreadPoolExecutor | None = None
+        self.fds: list[int] = []  # descriptors attached for the next Load's ports
+        self.nf: Any = None  # the NfRunner of a runtime nf instance
 
     def send(self, message: Message) -> None:
         data = encode(message)
@@ -134,7 +143,10 @@ class Worker:
             os.environ.update(msg.env)
             self.context = Context(msg.function_name, msg.namespace, msg.instance_id, dict(msg.env))
             importing = time.perf_counter()
-            self.handle = import_handler(msg.code_dir, msg.deps_dir)
+            if msg.runtime == "nf":
+                self.load_nf(msg)
+            else:
+                self.handle = import_handler(msg.code_dir, msg.deps_dir)
             imported = time.perf_counter() - importing
         except BaseException as exc:  # a broken handler must not take the shell down silently
             traceback.print_exc()
@@ -145,11 +157,35 @@ class Worker:
             self.pool = ThreadPoolExecutor(max_workers=msg.concurrency)
         return Loaded(msg.id, True, "", time.perf_counter() - started, imported)
 
+    def load_nf(self, msg: Load) -> None:
+        """Import the handler, build its graph, attach the ports, start the packet loop."""
+        from nfaas.worker import nf_runner
+
+        module = import_module(msg.code_dir, msg.deps_dir)
+        handle = getattr(module, "handle", None)
+        graph = nf_runner.build_graph(module, self.context)
+        nf_runner.check_ports(graph, [binding.name for binding in msg.ports])
+        fds, self.fds = self.fds, []
+        ports = nf_runner.attach_ports(msg.ports, fds)
+        runner = nf_runner.NfRunner(graph, ports, self.send)
+        self.handle = handle if callable(handle) else _no_control_api
+        self.nf = runner
+        assert self.context is not None
+        self.context.graph = graph
+        runner.start()
+
+    def call_handler(self, event: Any) -> Any:
+        assert self.handle is not None
+        if self.nf is None:
+            return self.handle(event, self.context)
+        with self.nf.lock:  # an NF's control API never runs in the middle of a batch
+            return self.handle(event, self.context)
+
     def invoke(self, msg: Invoke) -> None:
         assert self.handle is not None
         try:
             event = make_event(msg.method, msg.path, msg.query, msg.headers, msg.body)
-            status, headers, body = to_response(self.handle(event, self.context))
+            status, headers, body = to_response(self.call_handler(event))
             reply: Message = Result(msg.id, status, headers, body)
         except BaseException as exc:
             traceback.print_exc()
@@ -170,6 +206,10 @@ class Worker:
             self.send(self.load(msg))
         elif isinstance(msg, Ping):
             self.send(Pong(msg.id))
+        elif isinstance(msg, Attach):
+            self.fds = self.sock.take_fds() if isinstance(self.sock, SocketChannel) else []
+            if len(self.fds) != msg.count:
+                print(f"[nfaas] expected {msg.count} port descriptors, got {len(self.fds)}")
 
     def serve(self) -> NoReturn:
         frames = FrameBuffer()
@@ -180,6 +220,10 @@ class Worker:
                 os._exit(0)
             for msg in frames.feed(data):
                 self.dispatch(msg)
+
+
+def _no_control_api(event: Any, context: Any) -> Any:
+    return {"statusCode": 404, "body": "this NF function has no control API (handle)"}
 
 
 def warm_up() -> None:
@@ -205,6 +249,32 @@ class Channel(Protocol):
     def sendall(self, data: bytes, /) -> None: ...
 
 
+class SocketChannel:
+    """A stream socket whose peer may attach file descriptors (an NF's ports)."""
+
+    MAX_FDS = 64
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.fds: list[int] = []
+        self._space = socket.CMSG_SPACE(self.MAX_FDS * 4)
+
+    def recv(self, size: int, /) -> bytes:
+        data, ancillary, _flags, _addr = self.sock.recvmsg(size, self._space)
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                usable = len(payload) - len(payload) % 4
+                self.fds += memoryview(payload)[:usable].cast("i").tolist()
+        return data
+
+    def sendall(self, data: bytes, /) -> None:
+        self.sock.sendall(data)
+
+    def take_fds(self) -> list[int]:
+        fds, self.fds = self.fds, []
+        return fds
+
+
 class FdChannel:
     """A stream over a plain file descriptor (a serial port in a microVM)."""
 
@@ -227,4 +297,4 @@ def serve(sock: Channel, ahead: bool) -> NoReturn:
     sys.dont_write_bytecode = True
     if ahead:
         warm_up()
-    Worker(sock).serve()
+    Worker(SocketChannel(sock) if isinstance(sock, socket.socket) else sock).serve()

@@ -21,15 +21,15 @@ from __future__ import annotations
 import ctypes
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any, Protocol, runtime_checkable
-from urllib.parse import parse_qsl
+from typing import IO, Protocol, runtime_checkable
 
 import numpy as np
 
+from nfaas.core.porturl import PortSpecError, parse_port_url
 from nfaas.nf.batch import PacketBatch
 from nfaas.nf.closing import Closing
 from nfaas.nf.pcap import PcapngReader, PcapngWriter, PcapReader, PcapWriter, open_capture
@@ -51,15 +51,10 @@ __all__ = [
 DEFAULT_BURST = 256
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"
-PORT_KINDS = ("afpacket", "tap", "pcap", "pcapng", "pcap-out", "pcapng-out")
 
 
 class PortError(OSError):
     """A port could not be opened or used; the message names the port."""
-
-
-class PortSpecError(ValueError):
-    """A port URL is malformed; the message quotes it and says what is wrong."""
 
 
 @dataclass
@@ -150,11 +145,13 @@ def netns(name: str | None) -> Iterator[None]:
 class _CapturePort(Closing):
     """A capture file opened as a port: its path, URL, file and packet counters."""
 
-    def __init__(self, path: str | Path, url: str, mode: str, failure: str) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path | int, url: str, mode: str, failure: str) -> None:
+        """`path` may be an open file descriptor (handed over by the node), which we own."""
+        self.path = Path(f"/proc/self/fd/{path}" if isinstance(path, int) else path)
         self.url = url
         try:
-            self._file: IO[bytes] = open(self.path, mode)  # noqa: SIM115 (closed by close())
+            # closed by close()
+            self._file: IO[bytes] = open(path if isinstance(path, int) else self.path, mode)  # noqa: SIM115
         except OSError as e:
             raise PortError(e.errno or 5, f"{self.url}: {failure}: {e}") from e
         self._counters = PortStats()
@@ -169,7 +166,7 @@ class _CapturePort(Closing):
 class CaptureInPort(_CapturePort):
     """A pcap or pcapng file read as a port; `exhausted` turns True at the end of the file."""
 
-    def __init__(self, path: str | Path, url: str = "") -> None:
+    def __init__(self, path: str | Path | int, url: str = "") -> None:
         super().__init__(path, url or f"pcap:{path}", "rb", "cannot open capture")
         try:
             self._reader: PcapReader | PcapngReader = open_capture(self._file, DEFAULT_BURST)
@@ -204,7 +201,7 @@ class CaptureInPort(_CapturePort):
 class CaptureOutPort(_CapturePort):
     """Batches written to a pcap or pcapng file; packets with no timestamp get the time sent."""
 
-    def __init__(self, path: str | Path, pcapng: bool = True, url: str = "") -> None:
+    def __init__(self, path: str | Path | int, pcapng: bool = True, url: str = "") -> None:
         url = url or f"{'pcapng' if pcapng else 'pcap'}-out:{path}"
         super().__init__(path, url, "wb", "cannot create capture")
         self._writer: PcapWriter | PcapngWriter = (
@@ -226,6 +223,7 @@ class CaptureOutPort(_CapturePort):
                 batch.data, batch.offsets, batch.lengths, ts, batch.port, batch.meta
             )
         self._writer.write(batch)
+        self._file.flush()  # a reader (or a killed NF) sees every batch once it is sent
         self._counters.tx_packets += len(batch)
         self._counters.tx_bytes += batch.total_bytes
         return len(batch)
@@ -234,114 +232,6 @@ class CaptureOutPort(_CapturePort):
         if not self._file.closed:
             self._writer.close()  # flushes; the file is ours to close
             self._file.close()
-
-
-# -- port URLs ------------------------------------------------------------------------------
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-def _bool(value: str) -> bool:
-    v = value.lower()
-    if v in _TRUE | _FALSE:
-        return v in _TRUE
-    raise ValueError(f"expected a boolean (1/0, true/false, yes/no, on/off), got {value!r}")
-
-
-def _positive_int(value: str) -> int:
-    number = int(value, 0)
-    if number <= 0:
-        raise ValueError(f"expected a positive integer, got {value!r}")
-    return number
-
-
-def _text(value: str) -> str:
-    if not value:
-        raise ValueError("expected a value")
-    return value
-
-
-# option name -> (keyword of the port's constructor, converter)
-Options = dict[str, tuple[str, Callable[[str], Any]]]
-_AFPACKET_OPTIONS: Options = {
-    "netns": ("netns", _text),
-    "promisc": ("promiscuous", _bool),
-    "qdisc_bypass": ("qdisc_bypass", _bool),
-    "ignore_outgoing": ("ignore_outgoing", _bool),
-    "rx": ("rx_ring", _text),
-    "tx": ("tx_mode", _text),
-    "frame_size": ("frame_size", _positive_int),
-    "block_size": ("block_size", _positive_int),
-    "blocks": ("block_count", _positive_int),
-    "block_timeout_ms": ("block_timeout_ms", _positive_int),
-    "tx_frames": ("tx_frames", _positive_int),
-    "fanout": ("fanout_group", int),
-    "fix_checksums": ("fix_checksums", _bool),
-}
-_TAP_OPTIONS: Options = {
-    "netns": ("netns", _text),
-    "address": ("address", _text),
-    "up": ("up", _bool),
-    "multi_queue": ("multi_queue", _bool),
-    "napi": ("napi", _bool),
-    "persist": ("persist", _bool),
-    "mtu": ("mtu", _positive_int),
-}
-_OPTIONS: dict[str, Options] = {
-    "afpacket": _AFPACKET_OPTIONS,
-    "tap": _TAP_OPTIONS,
-    "pcap": {},
-    "pcapng": {},
-    "pcap-out": {},
-    "pcapng-out": {},
-}
-
-
-def _check_ifname(url: str, name: str) -> None:
-    if not name:
-        raise PortSpecError(f"port {url!r}: missing interface name after ':'")
-    if len(name.encode()) > 15 or any(c in name for c in "/ \t\n:"):
-        raise PortSpecError(
-            f"port {url!r}: bad interface name {name!r} (at most 15 bytes, no '/', ':' "
-            "or white space)"
-        )
-
-
-def parse_port_url(url: str) -> tuple[str, str, dict[str, Any]]:
-    """Split a port URL into (kind, target, constructor keywords), checking every part."""
-    kind, sep, rest = url.partition(":")
-    if not sep:
-        raise PortSpecError(
-            f"port {url!r}: expected KIND:TARGET with KIND one of {', '.join(PORT_KINDS)}"
-        )
-    if kind not in _OPTIONS:
-        raise PortSpecError(
-            f"port {url!r}: unknown port kind {kind!r} (expected one of {', '.join(PORT_KINDS)})"
-        )
-    target, _, query = rest.partition("?")
-    known = _OPTIONS[kind]
-    keywords: dict[str, Any] = {}
-    try:
-        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True) if query else []
-    except ValueError:
-        raise PortSpecError(f"port {url!r}: malformed options {query!r} (want a=1&b=2)") from None
-    for name, value in pairs:
-        if name not in known:
-            allowed = ", ".join(sorted(known)) or "none"
-            raise PortSpecError(
-                f"port {url!r}: unknown option {name!r} for {kind} ports (known: {allowed})"
-            )
-        keyword, convert = known[name]
-        try:
-            keywords[keyword] = convert(value)
-        except ValueError as e:
-            raise PortSpecError(f"port {url!r}: option {name}: {e}") from None
-    if kind in ("afpacket", "tap"):
-        _check_ifname(url, target)
-    elif not target:
-        raise PortSpecError(f"port {url!r}: missing file path after ':'")
-    return kind, target, keywords
 
 
 def open_port(url: str) -> Port:

@@ -86,6 +86,17 @@ SIOCETHTOOL = 0x8946
 BLOCK_STATUS, BLOCK_NUM_PKTS, BLOCK_FIRST_PKT = 8, 12, 16
 
 
+def drain_queue(sock: socket.socket, limit: int = 65536) -> list[bytes]:
+    """Frames waiting in a ring-less packet socket's queue (at most `limit`), oldest first."""
+    frames: list[bytes] = []
+    while len(frames) < limit:
+        try:
+            frames.append(sock.recv(65536, socket.MSG_DONTWAIT))
+        except BlockingIOError:
+            break
+    return frames
+
+
 @dataclass(frozen=True)
 class FrameLayout:
     """Byte offsets of the fields of a frame header (struct tpacket2_hdr / tpacket3_hdr)."""
@@ -196,6 +207,9 @@ class AfPacketPort(Closing):
             several NF instances on one interface).
         fix_checksums: complete partial TCP/UDP checksums of received frames.
         port_id: the value of `batch.port` for received packets.
+        sock: an AF_PACKET socket someone with CAP_NET_RAW opened for us (an NF instance
+            gets its ports from the node this way, see `nfaas.nf.ports.claim`). Frames it
+            queued before the rings exist are kept and come first.
     """
 
     def __init__(
@@ -217,6 +231,7 @@ class AfPacketPort(Closing):
         fix_checksums: bool = True,
         port_id: int = 0,
         url: str = "",
+        sock: socket.socket | None = None,
     ) -> None:
         if rx_ring not in ("v2", "v3"):
             raise ValueError(f"rx_ring must be 'v2' or 'v3', not {rx_ring!r}")
@@ -237,8 +252,9 @@ class AfPacketPort(Closing):
         self.fix_checksums = fix_checksums
         self._counters = PortStats()
         self._kernel_drops = 0
+        self._backlog: list[bytes] = []
         try:
-            self._open_socket(ifname)
+            self._open_socket(ifname, sock)
             self._setup_rings(block_size, block_count, frame_size, block_timeout_ms, tx_frames)
             self._bind(promiscuous, ignore_outgoing, qdisc_bypass, fanout_group)
         except BaseException:
@@ -247,10 +263,15 @@ class AfPacketPort(Closing):
 
     # -- setup --------------------------------------------------------------------------
 
-    def _open_socket(self, ifname: str) -> None:
-        # Protocol 0 receives nothing until bind(): no frames of other interfaces sneak in.
-        with netns(self.netns):
-            self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    def _open_socket(self, ifname: str, given: socket.socket | None) -> None:
+        if given is not None:
+            self._sock = given
+            # Setting up the RX ring purges what the socket has queued: take it first.
+            self._backlog = drain_queue(given)
+        else:
+            # Protocol 0 receives nothing until bind(): no frames of other interfaces sneak in.
+            with netns(self.netns):
+                self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         try:
             self.ifindex, self.mtu, self.mac = interface_info(self._sock, ifname)
         except OSError as e:
@@ -354,6 +375,8 @@ class AfPacketPort(Closing):
     ) -> PacketBatch:
         """Received frames (at most `max_packets`); waits up to `timeout` s for the first
         (None: forever, 0: not at all). Empty batch on timeout."""
+        if self._backlog:
+            return self._take_backlog(max_packets)
         if not self._rx_ready() and (timeout == 0 or not self._wait(timeout)):
             return PacketBatch.empty()
         if self.rx_ring == "v2":
@@ -367,6 +390,14 @@ class AfPacketPort(Closing):
         batch = self._gather(np.asarray(starts, np.int64))
         for block in done:  # after the copy: the kernel may refill these at once
             self._words[(block * self._block_size + BLOCK_STATUS) >> 2] = TP_STATUS_KERNEL
+        return batch
+
+    def _take_backlog(self, max_packets: int) -> PacketBatch:
+        frames, self._backlog = self._backlog[:max_packets], self._backlog[max_packets:]
+        stamps = np.full(len(frames), time.time_ns(), np.int64)
+        batch = PacketBatch.from_bytes(frames, stamps, self.port_id)
+        self._counters.rx_packets += len(batch)
+        self._counters.rx_bytes += batch.total_bytes
         return batch
 
     def _walk_block(self, starts: list[int], want: int) -> bool:

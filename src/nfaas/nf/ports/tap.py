@@ -134,6 +134,31 @@ class TapPort(Closing):
         self._poll.register(self._fd, select.POLLIN)
         self._scratch = np.empty(0, np.uint8)
 
+    @classmethod
+    def adopt(cls, fd: int, name: str, mtu: int, *, url: str = "", port_id: int = 0) -> TapPort:
+        """A port on a TAP queue someone else created and configured (the node, for an NF
+        instance that may not touch links itself); the device's counters are not read."""
+        port = cls.__new__(cls)
+        port.url = url or f"tap:{name}"
+        port.netns = None
+        port.port_id = port_id
+        port._counters = PortStats()
+        port._fd = fd
+        os.set_blocking(fd, False)
+        port.name = name
+        port.mtu = mtu
+        port._frame_max = mtu + ETH_HLEN + VLAN_HLEN
+        port._dropped_base = -1  # -1: not ours to read
+        port._poll = select.poll()
+        port._poll.register(fd, select.POLLIN)
+        port._scratch = np.empty(0, np.uint8)
+        return port
+
+    def detach(self) -> int:
+        """Give up the queue's file descriptor without closing it (for handing it over)."""
+        fd, self._fd = self._fd, -1
+        return fd
+
     # -- configuration ------------------------------------------------------------------
 
     def _ifindex(self) -> int:
@@ -286,6 +311,8 @@ class TapPort(Closing):
 
     def stats(self) -> PortStats:
         """Counters; `rx_dropped` is the device's tx_dropped (frames we were too slow for)."""
+        if self._dropped_base < 0:
+            return replace(self._counters)
         dropped = self._kernel_tx_dropped() - self._dropped_base
         return replace(self._counters, rx_dropped=dropped)
 
