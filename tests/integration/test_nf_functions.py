@@ -4,7 +4,6 @@ forwarded between namespaces, waking on the first packet, fanout, counters in /m
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 from platform_harness import Platform, pid_gone, wait_until
 
+from netchain import chain
 from nfaas.nf import build as B
 from nfaas.nf.batch import PacketBatch
 from nfaas.nf.pcap import CaptureFormatError, read_capture_all, write_pcap
@@ -69,61 +69,11 @@ class Wire:
         return {"left": f"afpacket:m1?netns={self.m}", "right": f"afpacket:m2?netns={self.m}"}
 
 
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
-
-
 @pytest.fixture
 def wire() -> Iterator[Wire]:
     """a0 (A) -- m1 (M) ... m2 (M) -- b0 (B); M forwards nothing by itself."""
-    tag = secrets.token_hex(3)
-    names = Wire(f"nff-{tag}-a", f"nff-{tag}-m", f"nff-{tag}-b")
-    made: list[str] = []
-    try:
-        for ns in (names.a, names.m, names.b):
-            ip("netns", "add", ns)
-            made.append(ns)
-            subprocess.run(
-                ["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=0",
-                 "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"],
-                check=True, capture_output=True,
-            )  # fmt: skip
-        ip(
-            "-n",
-            names.a,
-            "link",
-            "add",
-            "a0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "m1",
-            "netns",
-            names.m,
-        )
-        ip(
-            "-n",
-            names.m,
-            "link",
-            "add",
-            "m2",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "b0",
-            "netns",
-            names.b,
-        )
-        ip("-n", names.a, "addr", "add", f"{A_IP}/24", "dev", "a0")
-        ip("-n", names.b, "addr", "add", f"{B_IP}/24", "dev", "b0")
-        for ns, dev in ((names.a, "a0"), (names.m, "m1"), (names.m, "m2"), (names.b, "b0")):
-            ip("-n", ns, "link", "set", dev, "up")
-        yield names
-    finally:
-        for ns in made:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    with chain("nff", A_IP, B_IP) as names:
+        yield Wire(names.a, names.m, names.b)
 
 
 def metric(platform: Platform, family: str, **labels: str) -> float:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import select
 import socket
 import subprocess
@@ -19,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from netchain import Chain, chain, ip
 from nfaas.nf import build as B
 from nfaas.nf.batch import PacketBatch
 from nfaas.nf.build import l4_checksums_ok
@@ -52,74 +51,13 @@ WAIT = 5.0  # generous: nothing here measures speed
 PEER_MAC = "02:00:00:00:07:02"  # a host that exists only as a static neighbour entry
 
 
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
-
-
-def sysctl(ns: str, *settings: str) -> None:
-    subprocess.run(
-        ["ip", "netns", "exec", ns, "sysctl", "-qw", *settings], check=True, capture_output=True
-    )
-
-
-@dataclass
-class Net:
-    a: str
-    m: str
-    b: str
+Net = Chain
 
 
 @pytest.fixture
 def net() -> Iterator[Net]:
-    tag = secrets.token_hex(3)
-    names = Net(f"nfp-{tag}-a", f"nfp-{tag}-m", f"nfp-{tag}-b")
-    made: list[str] = []
-    try:
-        for ns in (names.a, names.m, names.b):
-            ip("netns", "add", ns)
-            made.append(ns)
-            sysctl(
-                ns,
-                "net.ipv6.conf.all.disable_ipv6=1",
-                "net.ipv6.conf.default.disable_ipv6=1",
-                "net.ipv4.ip_forward=0",
-            )
-        ip(
-            "-n",
-            names.a,
-            "link",
-            "add",
-            "a0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "m1",
-            "netns",
-            names.m,
-        )
-        ip(
-            "-n",
-            names.m,
-            "link",
-            "add",
-            "m2",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "b0",
-            "netns",
-            names.b,
-        )
-        ip("-n", names.a, "addr", "add", f"{A_IP}/24", "dev", "a0")
-        ip("-n", names.b, "addr", "add", f"{B_IP}/24", "dev", "b0")
-        for ns, dev in ((names.a, "a0"), (names.m, "m1"), (names.m, "m2"), (names.b, "b0")):
-            ip("-n", ns, "link", "set", dev, "up")
+    with chain("nfp", A_IP, B_IP) as names:
         yield names
-    finally:
-        for ns in made:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 def raw_socket(ns: str, dev: str) -> socket.socket:
