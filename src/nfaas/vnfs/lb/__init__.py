@@ -1,6 +1,8 @@
-"""L4 load balancer: Maglev consistent hashing with per-flow affinity and backend health."""
+"""L4 load balancer: Maglev consistent hashing with per-flow affinity and backend health,
+and the NF graph that steers VIP traffic to backends (direct server return)."""
 
 from nfaas.vnfs.lb.affinity import NO_BACKEND, BalancerStats, FlowBalancer
+from nfaas.vnfs.lb.graph import MaglevSteer, maglev_graph, steering_of
 from nfaas.vnfs.lb.maglev import (
     DEFAULT_TABLE_SIZE,
     Backend,
@@ -8,6 +10,7 @@ from nfaas.vnfs.lb.maglev import (
     MaglevTable,
     disruption,
 )
+from nfaas.vnfs.lb.steering import Steering, Vip, parse_vip
 
 __all__ = [
     "DEFAULT_TABLE_SIZE",
@@ -16,6 +19,12 @@ __all__ = [
     "BalancerStats",
     "Disruption",
     "FlowBalancer",
+    "MaglevSteer",
     "MaglevTable",
+    "Steering",
+    "Vip",
     "disruption",
+    "maglev_graph",
+    "parse_vip",
+    "steering_of",
 ]

@@ -1,5 +1,7 @@
-"""NAT: SNAT with port allocation, DNAT port forwards, per-protocol timeouts."""
+"""NAT: SNAT with port allocation, DNAT port forwards, per-protocol timeouts, and the NF
+graph that rewrites packets between ports "inside" and "outside"."""
 
+from nfaas.vnfs.nat.graph import NatTranslate, nat_graph, nat_of
 from nfaas.vnfs.nat.table import (
     ICMP,
     TCP,
@@ -23,9 +25,12 @@ __all__ = [
     "NatConfig",
     "NatStats",
     "NatTable",
+    "NatTranslate",
     "PortForward",
     "Timeouts",
     "Translation",
     "Verdict",
     "ipv4",
+    "nat_graph",
+    "nat_of",
 ]
