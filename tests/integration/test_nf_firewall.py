@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from netchain import Chain, chain
 from platform_harness import Platform, wait_until
 
+from netchain import Chain, chain
 from nfaas.nf.ports import netns
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="NF ports need root")
