@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 import random
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,6 +29,7 @@ from nfaas.nf.headers import (
     parse_inner,
 )
 from nfaas.nf.pcap import write_pcap
+from tshark import requires_tshark, tshark_fields
 
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -579,8 +577,6 @@ def test_incremental_update_equals_recompute(raw: bytes, data: st.DataObject) ->
 
 # -- agreement with tshark ------------------------------------------------------------------
 
-tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
-
 TSHARK_FIELDS = [
     "vlan.id",
     "ip.src",
@@ -608,20 +604,6 @@ TSHARK_FIELDS = [
     "icmp.checksum.status",
     "icmpv6.checksum.status",
 ]
-
-
-def run_tshark(path: Path, fields: list[str]) -> list[dict[str, list[str]]]:
-    cmd = ["tshark", "-n", "-r", str(path), "-T", "fields", "-E", "separator=\t"]
-    for proto in ("ip", "udp", "tcp"):
-        cmd += ["-o", f"{proto}.check_checksum:TRUE"]
-    for field in fields:
-        cmd += ["-e", field]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60).stdout
-    rows = []
-    for line in out.splitlines():
-        cells = line.split("\t")
-        rows.append({f: (c.split(",") if c else []) for f, c in zip(fields, cells, strict=True)})
-    return rows
 
 
 def _mixed_frames(count: int) -> list[bytes]:
@@ -680,7 +662,7 @@ def _first(cells: list[str]) -> int | None:
     return _num(cells[0]) if cells else None
 
 
-@tshark
+@requires_tshark
 def test_parser_agrees_with_tshark(tmp_path: Path) -> None:
     frames_ = _mixed_frames(120)
     batch = PacketBatch.from_bytes(frames_)
@@ -689,7 +671,7 @@ def test_parser_agrees_with_tshark(tmp_path: Path) -> None:
     assert h.valid.all()
     path = tmp_path / "mixed.pcap"
     write_pcap(path, batch)
-    rows = run_tshark(path, TSHARK_FIELDS)
+    rows = tshark_fields(path, TSHARK_FIELDS)
     assert len(rows) == len(frames_)
     for i, row in enumerate(rows):
         v = int(h.ip_version[i])

@@ -6,6 +6,7 @@ import ipaddress
 
 import numpy as np
 import pytest
+from firewall_strategies import PORTS, PROTOS, V4, V6, rules
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,57 +15,9 @@ from nfaas.vnfs.firewall.generate import generate_packets, generate_rules
 from nfaas.vnfs.firewall.linear import LinearClassifier
 from nfaas.vnfs.firewall.rules import Action, Family, PortRange, Rule, RuleTable
 
-# Small pools make rules overlap and packets hit them, so first-match order matters.
-V4_POOL = [
-    int(ipaddress.IPv4Address(a))
-    for a in ("198.18.0.1", "198.18.1.130", "198.19.255.254", "198.19.0.7")
-]
-V6_POOL = [
-    int(ipaddress.IPv6Address(a)) for a in ("2001:2::1", "2001:2:0:1::80", "2001:2:0:ffff::9")
-]
-V4_LENGTHS = [0, 15, 16, 23, 24, 25, 31, 32]
-V6_LENGTHS = [0, 48, 63, 64, 65, 120, 128]
-PROTOS = [1, 6, 17, 47, 58]
-PORTS = [0, 53, 80, 443, 1023, 1024, 8080, 65535]
+V4_POOL = [int(ipaddress.IPv4Address(a)) for a in V4]
+V6_POOL = [int(ipaddress.IPv6Address(a)) for a in V6]
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-@st.composite
-def networks(draw: st.DrawFn, version: int) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
-    pool, lengths = (V4_POOL, V4_LENGTHS) if version == 4 else (V6_POOL, V6_LENGTHS)
-    length = draw(st.sampled_from(lengths))
-    if length == 0:
-        return None
-    address = draw(st.sampled_from(pool))
-    return ipaddress.ip_network((address, length), strict=False)
-
-
-@st.composite
-def port_ranges(draw: st.DrawFn) -> PortRange | None:
-    kind = draw(st.sampled_from(["none", "exact", "range", "full"]))
-    if kind == "none":
-        return None
-    if kind == "full":
-        return PortRange(0, 65535)
-    lo = draw(st.sampled_from(PORTS))
-    if kind == "exact":
-        return PortRange.single(lo)
-    return PortRange(lo, draw(st.sampled_from([p for p in PORTS if p >= lo])))
-
-
-@st.composite
-def rules(draw: st.DrawFn) -> Rule:
-    family = draw(st.sampled_from([Family.IPV4, Family.IPV4, Family.IPV6, Family.ANY]))
-    version = 6 if family is Family.IPV6 else 4
-    src = dst = None
-    if family is not Family.ANY:
-        src, dst = draw(networks(version)), draw(networks(version))
-    proto = draw(st.sampled_from([None, *PROTOS]))
-    sport = dport = None
-    if proto in (6, 17):
-        sport, dport = draw(port_ranges()), draw(port_ranges())
-    action = draw(st.sampled_from(list(Action)))
-    return Rule(action, family, src, dst, proto, sport, dport)
 
 
 def packets(draw: st.DrawFn, version: int, n: int) -> FlowKeys:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-import shutil
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
+from firewall_strategies import PORTS, PROTOS, V4, V6, rules
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -38,6 +37,7 @@ from nfaas.vnfs.firewall.classifier import Classifier, FlowKeys
 from nfaas.vnfs.firewall.linear import LinearClassifier
 from nfaas.vnfs.firewall.nft import NftError, Ruleset, parse_nft
 from nfaas.vnfs.firewall.rules import Action, Family, PortRange, Rule
+from tshark import requires_tshark, tshark_fields
 
 IN_HOST, IN_HOST2, OUT_HOST = "198.18.0.5", "198.18.0.6", "198.19.0.9"
 IN6, OUT6 = "2001:2::5", "2001:2:0:1::9"
@@ -352,8 +352,6 @@ def test_options_go_to_the_firewall_not_to_the_graph_when_given_a_firewall() -> 
 
 # -- reject --------------------------------------------------------------------------------------
 
-tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
-
 
 def test_reject_answers_with_port_unreachable_out_of_the_ingress_port() -> None:
     g = firewall_graph(parse_nft("tcp dport 23 reject\nudp dport 69 reject\naccept\n"),
@@ -393,7 +391,7 @@ def test_no_answer_to_icmp_errors_or_multicast_and_at_most_max_rejects() -> None
     assert drops(g, "filter_inside") == {"reject": 7}
 
 
-@tshark
+@requires_tshark
 def test_tshark_reads_the_reject_answer(tmp_path: Path) -> None:
     g = firewall_graph(parse_nft("reject\n"), send_rejects=True, errors="raise")
     packet = tcp(IN_HOST, OUT_HOST, 40000, 23, SYN)
@@ -402,60 +400,22 @@ def test_tshark_reads_the_reject_answer(tmp_path: Path) -> None:
     write_pcap(path, [answers])
     fields = ["icmp.type", "icmp.code", "icmp.checksum.status", "ip.checksum.status",
               "ip.src", "ip.dst", "tcp.srcport", "tcp.dstport"]  # fmt: skip
-    cmd = ["tshark", "-n", "-r", str(path), "-T", "fields", "-E", "separator=\t"]
-    cmd += ["-o", "ip.check_checksum:TRUE"]
-    for field in fields:
-        cmd += ["-e", field]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60).stdout
-    row = dict(zip(fields, out.rstrip("\n").split("\t"), strict=True))
     # Two IP headers: the answer's, then the quoted one (checksum status 1: good, 0: bad).
-    assert row == {
-        "icmp.type": "3",
-        "icmp.code": "3",
-        "icmp.checksum.status": "1",
-        "ip.checksum.status": "1,1",
-        "ip.src": f"{OUT_HOST},{IN_HOST}",
-        "ip.dst": f"{IN_HOST},{OUT_HOST}",
-        "tcp.srcport": "40000",
-        "tcp.dstport": "23",
-    }
+    assert tshark_fields(path, fields) == [
+        {
+            "icmp.type": ["3"],
+            "icmp.code": ["3"],
+            "icmp.checksum.status": ["1"],
+            "ip.checksum.status": ["1", "1"],
+            "ip.src": [OUT_HOST, IN_HOST],
+            "ip.dst": [IN_HOST, OUT_HOST],
+            "tcp.srcport": ["40000"],
+            "tcp.dstport": ["23"],
+        }
+    ]
 
 
 # -- the cache never changes a verdict (hypothesis) ----------------------------------------------
-
-V4 = ["198.18.0.1", "198.18.1.130", "198.19.255.254", "198.19.0.7"]
-V6 = ["2001:2::1", "2001:2:0:1::80", "2001:2:0:ffff::9"]
-V4_LENGTHS = [0, 16, 24, 25, 32]
-V6_LENGTHS = [0, 48, 64, 128]
-PROTOS = [1, 6, 17, 47, 58]
-PORTS = [0, 53, 80, 443, 1024, 65535]
-
-
-@st.composite
-def networks(draw: st.DrawFn, version: int) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
-    pool, lengths = (V4, V4_LENGTHS) if version == 4 else (V6, V6_LENGTHS)
-    length = draw(st.sampled_from(lengths))
-    if length == 0:
-        return None
-    return ipaddress.ip_network(f"{draw(st.sampled_from(pool))}/{length}", strict=False)
-
-
-@st.composite
-def rules(draw: st.DrawFn) -> Rule:
-    family = draw(st.sampled_from([Family.IPV4, Family.IPV4, Family.IPV6, Family.ANY]))
-    version = 6 if family is Family.IPV6 else 4
-    src = dst = None
-    if family is not Family.ANY:
-        src, dst = draw(networks(version)), draw(networks(version))
-    proto = draw(st.sampled_from([None, *PROTOS]))
-    sport = dport = None
-    if proto in (6, 17):
-        ranges = st.sampled_from(
-            [None, PortRange(80, 80), PortRange(0, 1024), PortRange(443, 65535)]
-        )
-        sport, dport = draw(ranges), draw(ranges)
-    return Rule(draw(st.sampled_from(list(Action))), family, src, dst, proto, sport, dport)
-
 
 Flow = tuple[str, str, int, int, int]
 

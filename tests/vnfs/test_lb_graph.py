@@ -58,6 +58,16 @@ def test_vip_packets_get_a_backend_mac_and_nothing_else_changes() -> None:
         assert new[12:] == old[12:]  # IP header, TCP header and payload untouched: DSR
 
 
+def test_idle_flows_are_swept_on_the_graph_timers_and_counted() -> None:
+    lb = FlowBalancer(list(MACS), idle_timeout=5.0)
+    g = maglev_graph(lb, VIP + ":80", macs=MACS, errors="raise")
+    steer(g, client_flows(20), 1.0)
+    assert len(lb.flows) == 20
+    g.tick(10.0)  # the first sweep (every 10 s): idle 9 s > 5 s
+    assert len(lb.flows) == 0
+    assert g.operator("steer").counters.extra["expired"] == 20
+
+
 def test_affinity_holds_across_batches() -> None:
     g, _ = make()
     first = [mac_of(p) for p in steer(g, client_flows(400), 1.0)]

@@ -7,8 +7,6 @@ right), and a reply translated back must be exactly the reply the inside host ex
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from nfaas.nf.graph import Graph
 from nfaas.nf.headers import parse
 from nfaas.nf.pcap import write_pcap
 from nfaas.vnfs.nat import ICMP, TCP, UDP, NatConfig, NatTable, PortForward, ipv4, nat_graph, nat_of
+from tshark import requires_tshark, tshark_fields
 
 PUBLIC = "198.18.200.1"
 INSIDE = ["198.18.0.1", "198.18.0.2", "198.18.0.3"]
@@ -148,10 +147,7 @@ def test_the_control_side_sees_the_table_through_nat_of() -> None:
         assert len(table) == 0
 
 
-tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
-
-
-@tshark
+@requires_tshark
 def test_tshark_finds_every_translated_checksum_good(tmp_path: Path) -> None:
     g, _ = make()
     sent = [frame(k, INSIDE[i % 3], REMOTE, 30000 + i, 443, bytes(i)) for i, k in
@@ -159,20 +155,12 @@ def test_tshark_finds_every_translated_checksum_good(tmp_path: Path) -> None:
     out = g.run_batch({"inside": PacketBatch.from_bytes(sent)}, 1.0)["outside"]
     path = tmp_path / "nat.pcap"
     write_pcap(path, [out])
-    cmd = ["tshark", "-n", "-r", str(path), "-T", "fields", "-E", "separator=\t"]
-    for proto in ("ip", "udp", "tcp"):
-        cmd += ["-o", f"{proto}.check_checksum:TRUE"]
-    fields = ["ip.src", "ip.checksum.status", "tcp.checksum.status", "udp.checksum.status",
-              "icmp.checksum.status"]  # fmt: skip
-    for field in fields:
-        cmd += ["-e", field]
-    rows = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60).stdout
-    lines = rows.splitlines()
-    assert len(lines) == 30
-    for line in lines:
-        src, ip_ok, *l4 = line.split("\t")
-        assert src == PUBLIC and ip_ok == "1"  # 1: good
-        assert [v for v in l4 if v] == ["1"]
+    l4 = ["tcp.checksum.status", "udp.checksum.status", "icmp.checksum.status"]
+    rows = tshark_fields(path, ["ip.src", "ip.checksum.status", *l4])
+    assert len(rows) == 30
+    for row in rows:
+        assert row["ip.src"] == [PUBLIC] and row["ip.checksum.status"] == ["1"]  # 1: good
+        assert [v for field in l4 for v in row[field]] == ["1"]
 
 
 @settings(max_examples=60, deadline=None)

@@ -28,13 +28,20 @@ from nfaas.vnfs.ratelimit import (
 
 class Reference:
     """The textbook policer, one packet at a time: refill to `now`, then take the cost from
-    every enabled bucket if all hold enough; a packet that does not fit takes nothing."""
+    every enabled bucket if all hold enough; a packet that does not fit takes nothing.
+    It never forgets a bucket; a sweep only tells it the time (batches stamped before the
+    latest sweep count as at the sweep)."""
 
     def __init__(self, bytes: Limit | None, packets: Limit | None) -> None:
         self.limits = {"bytes": bytes, "packets": packets}
         self.state: dict[int, dict[str, float]] = {}
+        self.swept_at = -math.inf
+
+    def sweep(self, now: float) -> None:
+        self.swept_at = max(self.swept_at, now)
 
     def police(self, keys: list[int], sizes: list[int], now: float) -> list[bool]:
+        now = max(now, self.swept_at)
         out = []
         for key, size in zip(keys, sizes, strict=True):
             st_ = self.state.setdefault(
@@ -133,6 +140,28 @@ def test_idle_buckets_are_forgotten_only_when_full_again() -> None:
     assert conform(tb.police([1], [1000], 11.0)) == [True]
 
 
+def test_a_batch_stamped_before_a_sweep_finds_forgotten_and_kept_buckets_alike() -> None:
+    """Regression (found by hypothesis): a sweep at 101.625 forgot a bucket drained at 100
+    (full again after 1.5 s), then a late batch stamped 100.875 found a fresh full bucket
+    where a remembered one held 1.75 tokens. Batches stamped before the latest sweep now
+    count as at the sweep, so forgetting a bucket changes no verdict."""
+    verdicts = []
+    for idle_timeout, forgotten in ((None, 1), (1000.0, 0)):
+        tb = TokenBuckets(packets=Limit(rate=2.0, burst=3.0), idle_timeout=idle_timeout)
+        assert conform(tb.police(None, [0, 0, 0], 100.0)) == [True] * 3
+        assert tb.expire(101.625) == forgotten
+        verdicts.append(conform(tb.police(None, [0, 0], 100.875)))
+        assert tb.tokens(0, 100.875) == (math.inf, 1.0)
+    assert verdicts == [[True, True], [True, True]]
+
+
+def test_without_a_sweep_a_late_batch_gets_no_refill() -> None:
+    tb = TokenBuckets(packets=Limit(rate=2.0, burst=3.0))
+    assert conform(tb.police(None, [0, 0, 0], 100.0)) == [True] * 3
+    assert conform(tb.police(None, [0], 101.0)) == [True]  # 2 tokens, 1 left
+    assert conform(tb.police(None, [0, 0], 100.5)) == [True, False]  # stepped back: still 1
+
+
 def test_limits_are_checked() -> None:
     with pytest.raises(ValueError, match="rate"):
         Limit(rate=0, burst=1)
@@ -193,6 +222,7 @@ def test_vectorised_verdicts_equal_the_reference(
         sizes = [s for _, s in packets]
         if sweep:
             tb.expire(now)
+            ref.sweep(now)
         got = conform(tb.police(np.array(keys, np.uint64) if per_key else None, sizes, now))
         assert got == ref.police(keys, sizes, now), f"batch {step}"
 
@@ -283,3 +313,4 @@ def test_idle_buckets_are_swept_by_the_graph_timers() -> None:
     assert len(limiter.buckets) == len(HOSTS)  # not full again yet (2 s to refill)
     g.tick(3.0)
     assert len(limiter.buckets) == 0 and limiter.stats.expired_buckets == len(HOSTS)
+    assert g.operator("police").counters.extra["expired"] == len(HOSTS)

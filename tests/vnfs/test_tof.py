@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import ipaddress
 import random
-import shutil
-import subprocess
 import threading
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,6 +27,7 @@ from nfaas.vnfs.tof import (
     TofConfig,
     tof_graph,
 )
+from tshark import requires_tshark, tshark_fields
 
 ENB1, ENB2, SGW = "198.18.1.1", "198.18.1.2", "198.18.2.1"
 ENB_MAC, SGW_MAC = "02:00:00:00:01:01", "02:00:00:00:02:01"
@@ -82,6 +80,19 @@ def batch(frames: list[bytes], t: float = 0.0) -> PacketBatch:
     return PacketBatch.from_bytes(frames, timestamps_ns=int(t * 1e9))
 
 
+def through_captures(
+    g: Graph, tmp_path: Path, now: float, **ports: list[bytes]
+) -> dict[str, PacketBatch]:
+    """Each port's frames written to a capture and read back, then one batch per port into
+    the graph at `now`: its outputs by port."""
+    inputs = {}
+    for port, frames in ports.items():
+        path = tmp_path / f"{port}-in.pcap"
+        write_pcap(path, batch(frames))
+        inputs[port] = read_capture_all(path)
+    return g.run_batch(inputs, now)
+
+
 def make(
     services: list[Service] | None = None, **config: object
 ) -> tuple[Tof, Graph, ServiceRegistry]:
@@ -111,15 +122,7 @@ def test_both_directions_are_learned_from_a_capture(tmp_path: Path) -> None:
     down = [
         down_frame(ue, INTERNET, 0x900 + k, enb=ENB1 if k < 4 else ENB2) for k, ue in enumerate(UES)
     ]
-    write_pcap(tmp_path / "up.pcap", batch(up))
-    write_pcap(tmp_path / "down.pcap", batch(down))
-    out = g.run_batch(
-        {
-            "ran": read_capture_all(tmp_path / "up.pcap"),
-            "core": read_capture_all(tmp_path / "down.pcap"),
-        },
-        1.0,
-    )
+    out = through_captures(g, tmp_path, 1.0, ran=up, core=down)
     assert out["core"].to_list() == up and out["ran"].to_list() == down
     assert len(out["edge"]) == 0
     enb = [ENB1] * 4 + [ENB2] * 4
@@ -164,21 +167,6 @@ def test_a_full_tunnel_table_learns_no_more_but_still_forwards() -> None:
 
 # -- divert to the edge -------------------------------------------------------------------------
 
-tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
-
-
-def run_tshark(path: Path, fields: list[str]) -> list[dict[str, list[str]]]:
-    cmd = ["tshark", "-n", "-r", str(path), "-T", "fields", "-E", "separator=\t"]
-    for proto in ("ip", "udp", "tcp"):
-        cmd += ["-o", f"{proto}.check_checksum:TRUE"]
-    for f in fields:
-        cmd += ["-e", f]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60).stdout
-    return [
-        {f: (c.split(",") if c else []) for f, c in zip(fields, line.split("\t"), strict=True)}
-        for line in out.splitlines()
-    ]
-
 
 def test_service_traffic_is_decapsulated_with_the_application_address() -> None:
     tof, g, _ = make()
@@ -206,7 +194,7 @@ def test_service_traffic_is_decapsulated_with_the_application_address() -> None:
     assert tof.stats.decapsulated == 2
 
 
-@tshark
+@requires_tshark
 def test_tshark_agrees_on_decapsulated_and_reencapsulated_packets(tmp_path: Path) -> None:
     _tof, g, _ = make()
     ups = [
@@ -214,15 +202,7 @@ def test_tshark_agrees_on_decapsulated_and_reencapsulated_packets(tmp_path: Path
         for k, ue in enumerate(UES)
     ]
     downs = [down_frame(ue, INTERNET, 0x700 + k) for k, ue in enumerate(UES)]
-    write_pcap(tmp_path / "ran.pcap", batch(ups))
-    write_pcap(tmp_path / "core.pcap", batch(downs))
-    out = g.run_batch(
-        {
-            "ran": read_capture_all(tmp_path / "ran.pcap"),
-            "core": read_capture_all(tmp_path / "core.pcap"),
-        },
-        1.0,
-    )
+    out = through_captures(g, tmp_path, 1.0, ran=ups, core=downs)
     write_pcap(tmp_path / "edge-out.pcap", out["edge"])
     fields = [
         "ip.src",
@@ -231,7 +211,7 @@ def test_tshark_agrees_on_decapsulated_and_reencapsulated_packets(tmp_path: Path
         "udp.checksum.status",
         "tcp.checksum.status",
     ]
-    rows = run_tshark(tmp_path / "edge-out.pcap", fields)
+    rows = tshark_fields(tmp_path / "edge-out.pcap", fields)
     assert len(rows) == len(UES)
     for k, row in enumerate(rows):
         assert row["ip.src"] == [UES[k]] and row["ip.dst"] == [APP]
@@ -239,8 +219,7 @@ def test_tshark_agrees_on_decapsulated_and_reencapsulated_packets(tmp_path: Path
         assert row["tcp.checksum.status" if k % 2 else "udp.checksum.status"] == ["1"]
 
     replies = [reply_frame(ue, tcp=k % 2 == 1, payload=bytes(k)) for k, ue in enumerate(UES)]
-    write_pcap(tmp_path / "edge-in.pcap", batch(replies))
-    out = g.run_batch({"edge": read_capture_all(tmp_path / "edge-in.pcap")}, 1.5)
+    out = through_captures(g, tmp_path, 1.5, edge=replies)
     write_pcap(tmp_path / "ran-out.pcap", out["ran"])
     fields = [
         "gtp.teid",
@@ -251,7 +230,7 @@ def test_tshark_agrees_on_decapsulated_and_reencapsulated_packets(tmp_path: Path
         "tcp.checksum.status",
         "eth.dst",
     ]
-    rows = run_tshark(tmp_path / "ran-out.pcap", fields)
+    rows = tshark_fields(tmp_path / "ran-out.pcap", fields)
     assert len(rows) == len(UES)
     for k, row in enumerate(rows):
         assert [int(t, 16) for t in row["gtp.teid"]] == [0x700 + k]
@@ -369,15 +348,7 @@ def test_non_service_traffic_is_forwarded_byte_identical(tmp_path: Path) -> None
     _tof, g, _ = make()
     rng = random.Random(4)
     up, down = other_traffic(rng, 200, False), other_traffic(rng, 200, True)
-    write_pcap(tmp_path / "up.pcap", batch(up))
-    write_pcap(tmp_path / "down.pcap", batch(down))
-    out = g.run_batch(
-        {
-            "ran": read_capture_all(tmp_path / "up.pcap"),
-            "core": read_capture_all(tmp_path / "down.pcap"),
-        },
-        1.0,
-    )
+    out = through_captures(g, tmp_path, 1.0, ran=up, core=down)
     write_pcap(tmp_path / "core-out.pcap", out["core"])
     write_pcap(tmp_path / "ran-out.pcap", out["ran"])
     assert read_capture_all(tmp_path / "core-out.pcap").to_list() == up

@@ -28,7 +28,7 @@ finishes in a plain loop.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +60,7 @@ __all__ = [
     "Track",
     "Tracked",
     "connection_keys",
+    "schedule_expiry",
 ]
 
 U64 = NDArray[np.uint64]
@@ -830,6 +831,22 @@ class _StateMachine:
 # -- the operator -------------------------------------------------------------------------------
 
 
+def schedule_expiry(
+    op: Operator, timers: Timers, every: float | None, expire: Callable[[float], int]
+) -> None:
+    """Run `expire(now)` every `every` seconds on `timers` (not at all when `every` is None
+    or 0), as the timer "<op name>.expire"; what it returns (entries removed) adds up in
+    `op.counters.extra["expired"]`. For operators whose state forgets idle entries."""
+    if not every:
+        return
+
+    def sweep(now: float) -> None:
+        extra = op.counters.extra
+        extra["expired"] = extra.get("expired", 0) + expire(now)
+
+    timers.every(every, sweep, name=f"{op.name}.expire")
+
+
 class Track(Operator):
     """Connection tracking as a graph operator.
 
@@ -850,14 +867,12 @@ class Track(Operator):
         self.sweep_every = sweep_every
 
     def attach(self, timers: Timers) -> None:
-        if self.sweep_every:
-            timers.every(self.sweep_every, self._sweep, name=f"{self.name}.expire")
+        schedule_expiry(self, timers, self.sweep_every, self._expire)
 
-    def _sweep(self, now: float) -> None:
-        self.counters.extra["expired"] = self.counters.extra.get("expired", 0) + (
-            self.conntrack.expire(now)
-        )
+    def _expire(self, now: float) -> int:
+        expired = self.conntrack.expire(now)
         self.counters.extra["connections"] = len(self.conntrack)
+        return expired
 
     def process(self, batch: PacketBatch, headers: Headers | None, now: float) -> list[Output]:
         assert headers is not None

@@ -30,6 +30,7 @@ from nfaas.nf.headers import Headers
 from nfaas.nf.operators import EdgeType, Operator, Output, select_output
 from nfaas.nf.state import ConnTrack, CtState
 from nfaas.nf.timers import Timers
+from nfaas.vnfs.common import find_operator
 from nfaas.vnfs.firewall.flowcache import VerdictCache
 from nfaas.vnfs.firewall.reject import can_answer, port_unreachable
 from nfaas.vnfs.firewall.rules import Action
@@ -159,7 +160,4 @@ def firewall_graph(
 
 def firewall_of(graph: Graph) -> Firewall:
     """The `Firewall` a graph made by `firewall_graph` decides with."""
-    for op in graph.operators:
-        if isinstance(op, FirewallFilter):
-            return op.firewall
-    raise LookupError(f"graph '{graph.name}' has no firewall operator")
+    return find_operator(graph, FirewallFilter, "firewall").firewall

@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from nfaas.nf.flowtable import FlowTable
+from nfaas.vnfs.common import check_positive
 from nfaas.vnfs.lb.maglev import DEFAULT_TABLE_SIZE, Backend, MaglevTable, as_backends
 
 NO_BACKEND = -1
@@ -52,8 +53,7 @@ class FlowBalancer:
         idle_timeout: float = 300.0,
         max_flows: int | None = None,
     ) -> None:
-        if idle_timeout <= 0:
-            raise ValueError(f"idle_timeout must be > 0 seconds, got {idle_timeout}")
+        check_positive("idle_timeout", idle_timeout, "seconds")
         self.backends: list[Backend] = list(as_backends(backends))
         self.table_size = table_size
         self.idle_timeout = idle_timeout

@@ -26,7 +26,9 @@ from nfaas.nf.build import Mac
 from nfaas.nf.graph import Graph
 from nfaas.nf.headers import Headers
 from nfaas.nf.operators import EdgeType, Operator, Output, select_output
+from nfaas.nf.state import schedule_expiry
 from nfaas.nf.timers import Timers
+from nfaas.vnfs.common import find_operator
 from nfaas.vnfs.lb.affinity import NO_BACKEND, FlowBalancer
 from nfaas.vnfs.lb.steering import Steering, Vip
 
@@ -45,13 +47,7 @@ class MaglevSteer(Operator):
         self.sweep_every = sweep_every
 
     def attach(self, timers: Timers) -> None:
-        if self.sweep_every:
-            timers.every(self.sweep_every, self._sweep, name=f"{self.name}.expire")
-
-    def _sweep(self, now: float) -> None:
-        self.counters.extra["expired"] = self.counters.extra.get("expired", 0) + (
-            self.steering.expire(now)
-        )
+        schedule_expiry(self, timers, self.sweep_every, self.steering.expire)
 
     def process(self, batch: PacketBatch, headers: Headers | None, now: float) -> list[Output]:
         assert headers is not None
@@ -119,7 +115,4 @@ def maglev_graph(
 
 def steering_of(graph: Graph) -> Steering:
     """The `Steering` of a graph made by `maglev_graph`."""
-    for op in graph.operators:
-        if isinstance(op, MaglevSteer):
-            return op.steering
-    raise LookupError(f"graph '{graph.name}' has no Maglev steering operator")
+    return find_operator(graph, MaglevSteer, "Maglev steering").steering

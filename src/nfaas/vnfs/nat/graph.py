@@ -35,6 +35,7 @@ from nfaas.nf.build import set_icmp_id, set_ipv4_dst, set_ipv4_src, set_l4_dport
 from nfaas.nf.graph import Graph
 from nfaas.nf.headers import PROTO_ICMP, Headers
 from nfaas.nf.operators import EdgeType, Operator, Output, select_output
+from nfaas.vnfs.common import find_operator
 from nfaas.vnfs.nat.table import FiveTuples, NatTable, Verdict
 
 __all__ = ["NatTranslate", "nat_graph", "nat_of"]
@@ -178,7 +179,5 @@ def nat_graph(
 
 def nat_of(graph: Graph) -> tuple[NatTable, Lock]:
     """The `NatTable` of a graph made by `nat_graph`, and the lock that guards it."""
-    for op in graph.operators:
-        if isinstance(op, NatTranslate):
-            return op.nat, op.lock
-    raise LookupError(f"graph '{graph.name}' has no NAT operator")
+    op = find_operator(graph, NatTranslate, "NAT")
+    return op.nat, op.lock

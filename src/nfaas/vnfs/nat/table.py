@@ -37,6 +37,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from nfaas.nf.flowtable import FlowTable, mix64
+from nfaas.vnfs.common import check_positive, check_range
 
 ICMP, TCP, UDP = 1, 6, 17
 PROTOCOLS = (ICMP, TCP, UDP)
@@ -169,8 +170,7 @@ class Timeouts:
 
     def __post_init__(self) -> None:
         for name in ("tcp_established", "tcp_transitory", "udp", "icmp"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"timeouts.{name} must be > 0 seconds, got {getattr(self, name)}")
+            check_positive(f"timeouts.{name}", getattr(self, name), "seconds")
 
 
 @dataclass(frozen=True)
@@ -224,12 +224,10 @@ class NatConfig:
                 if not 0 <= getattr(rule, name) <= 0xFFFFFFFF:
                     raise ValueError(f"{where}: {name} is not an IPv4 address")
             for name in ("public_port", "inside_port"):
-                if not 1 <= getattr(rule, name) <= 65535:
-                    raise ValueError(f"{where}: {name} must be 1..65535")
-        if self.max_sessions is not None and self.max_sessions < 0:
-            raise ValueError(f"max_sessions must be >= 0, got {self.max_sessions}")
-        if self.sweep_interval < 0:
-            raise ValueError(f"sweep_interval must be >= 0, got {self.sweep_interval}")
+                check_range(f"{where}: {name}", getattr(rule, name), 1, 65535)
+        if self.max_sessions is not None:
+            check_range("max_sessions", self.max_sessions, 0)
+        check_range("sweep_interval", self.sweep_interval, 0)
 
 
 @dataclass

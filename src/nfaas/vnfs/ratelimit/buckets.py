@@ -14,9 +14,14 @@ candidate that can no longer fit. The remainder is below one packet's size, so r
 few; past `MAX_ROUNDS` the rest finishes in a plain loop. Costs are integers and the
 remainders are computed exactly, so the verdicts equal a packet-by-packet reference.
 
-Buckets live in a `FlowState` keyed by uint64. A bucket idle for as long as it takes to
-refill completely is full, so forgetting it changes nothing: the idle timeout is never
-shorter than that, and an expiry sweep only frees memory.
+Time may step back (a late batch): a bucket is then not refilled, it keeps what it had
+(each bucket refills from the latest time it saw). Buckets live in a `FlowState` keyed by
+uint64. A bucket idle for as long as it takes to refill completely is full, so forgetting
+it changes nothing: the idle timeout is never shorter than that. Except for a batch
+stamped before the sweep that forgot it: at that earlier time the bucket may not have
+been full yet, and a forgotten key cannot be told from a new one. So an expiry sweep at
+`now` also sets the buckets' clock: a later batch stamped earlier is policed as of the
+latest sweep, and then a forgotten bucket and a remembered one hold the same.
 """
 
 from __future__ import annotations
@@ -89,17 +94,22 @@ class TokenBuckets:
         # short of full.
         self.idle_timeout = max(fill * (1 + 1e-6) + 1e-6, idle_timeout or 0.0)
         self.state = FlowState(_FIELDS, timeout=self.idle_timeout, max_flows=max_buckets)
+        # The latest expiry sweep: batches and lookups stamped earlier count as at this time.
+        self.swept_at = -math.inf
 
     def __len__(self) -> int:
         return len(self.state)
 
     def expire(self, now: float) -> int:
-        """Forget buckets that are full again by now; returns how many."""
-        keys, _ = self.state.expire(now)
+        """Forget buckets that are full again by `now`; returns how many. Later batches
+        stamped before `now` are policed as of `now` (see the module docstring)."""
+        self.swept_at = max(self.swept_at, now)
+        keys, _ = self.state.expire(self.swept_at)
         return int(keys.shape[0])
 
     def tokens(self, key: int, now: float) -> tuple[float, float]:
         """(byte tokens, packet tokens) key `key` would hold at `now` (full if unknown)."""
+        now = max(now, self.swept_at)
         row = int(self.state.find(np.array([key], np.uint64), now)[0])
         full_b = self.bytes.burst if self.bytes else math.inf
         full_p = self.packets.burst if self.packets else math.inf
@@ -132,6 +142,7 @@ class TokenBuckets:
     def police(self, keys: ArrayLike | None, sizes: ArrayLike, now: float) -> NDArray[np.uint8]:
         """Verdict per packet; `keys` None means one global bucket. Packets of one key take
         tokens in the order given."""
+        now = max(now, self.swept_at)
         cost = np.asarray(sizes).astype(np.int64)
         n = cost.shape[0]
         verdict = np.full(n, Verdict.EXCEED, np.uint8)

@@ -25,7 +25,9 @@ from nfaas.nf.flowtable import mix64
 from nfaas.nf.graph import Fork, Graph, Pipe
 from nfaas.nf.headers import Headers, flow_hash
 from nfaas.nf.operators import EdgeType, Operator, Output, select_output
+from nfaas.nf.state import schedule_expiry
 from nfaas.nf.timers import Timers
+from nfaas.vnfs.common import check_positive
 from nfaas.vnfs.ratelimit.buckets import Limit, TokenBuckets, Verdict
 
 __all__ = [
@@ -91,8 +93,7 @@ class RateLimiter:
     ) -> None:
         if isinstance(key, str) and key not in KEYS:
             raise ValueError(f"key must be one of {KEYS} or a function, got {key!r}")
-        if not sweep_every > 0:
-            raise ValueError(f"sweep_every must be > 0 seconds, got {sweep_every}")
+        check_positive("sweep_every", sweep_every, "seconds")
         self.buckets = TokenBuckets(
             bytes, packets, idle_timeout=idle_timeout, max_buckets=max_buckets
         )
@@ -127,8 +128,11 @@ class RateLimiter:
         s.no_bucket_packets += int(np.count_nonzero(verdict == Verdict.NO_BUCKET))
         return verdict
 
-    def expire(self, now: float) -> None:
-        self.stats.expired_buckets += self.buckets.expire(now)
+    def expire(self, now: float) -> int:
+        """Forget buckets that are full again; returns how many."""
+        expired = self.buckets.expire(now)
+        self.stats.expired_buckets += expired
+        return expired
 
 
 class RateLimit(Operator):
@@ -147,7 +151,7 @@ class RateLimit(Operator):
         self.needs = EdgeType.PARSED if limiter.needs_headers else None
 
     def attach(self, timers: Timers) -> None:
-        timers.every(self.limiter.sweep_every, self.limiter.expire, name=f"{self.name}.expire")
+        schedule_expiry(self, timers, self.limiter.sweep_every, self.limiter.expire)
 
     def process(self, batch: PacketBatch, headers: Headers | None, now: float) -> list[Output]:
         verdict = self.limiter.police(batch, headers, now)

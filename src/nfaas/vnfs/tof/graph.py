@@ -14,6 +14,8 @@ reason (`inner_truncated_ip`, `not_from_service`, `no_downlink_tunnel`, `pinger_
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from nfaas.nf.batch import PacketBatch
 from nfaas.nf.graph import Graph
 from nfaas.nf.headers import Headers
@@ -25,12 +27,15 @@ __all__ = ["TofDownlink", "TofEdge", "TofUplink", "tof_graph"]
 
 
 class _TofOperator(Operator):
-    """Common part: parsed packets in, raw packets out, the TOF's sweep on the timers."""
+    """Common part: parsed packets in, raw packets out on `ports`, one `Tof` batch function
+    (`_step`) in between with its drops and statistics counted, the TOF's sweep on the
+    timers."""
 
     needs = EdgeType.PARSED
+    ports: ClassVar[tuple[str, ...]] = ("ran",)
 
-    def __init__(self, tof: Tof, name: str | None, outputs: tuple[str, ...]) -> None:
-        super().__init__(name, outputs=outputs)
+    def __init__(self, tof: Tof, name: str | None = None) -> None:
+        super().__init__(name, outputs=self.ports)
         self.tof = tof
 
     def output_type(self, input_type: EdgeType) -> EdgeType:
@@ -40,27 +45,30 @@ class _TofOperator(Operator):
     def attach(self, timers: Timers) -> None:
         self.tof.attach(timers)
 
-    def _account(self, drops: Drops) -> None:
+    def _step(self, batch: PacketBatch, h: Headers, now: float) -> tuple[list[PacketBatch], Drops]:
+        """One batch through the TOF: a batch per port of `ports`, and the drops."""
+        raise NotImplementedError
+
+    def process(self, batch: PacketBatch, headers: Headers | None, now: float) -> list[Output]:
+        assert headers is not None
+        outs, drops = self._step(batch, headers, now)
         for reason, count in drops.items():
             self.drop(reason, count)
         self.counters.extra.update(self.tof.stats.as_dict())
         self.counters.extra["uplink_tunnels"] = len(self.tof.uplink_tunnels)
         self.counters.extra["downlink_tunnels"] = len(self.tof.downlink_tunnels)
+        return [(out, None) for out in outs]
 
 
 class TofUplink(_TofOperator):
     """RAN → core: learns uplink tunnels; service traffic leaves decapsulated on "edge"."""
 
     kind = "tof_uplink"
+    ports = ("core", "edge")
 
-    def __init__(self, tof: Tof, name: str | None = None) -> None:
-        super().__init__(tof, name, ("core", "edge"))
-
-    def process(self, batch: PacketBatch, headers: Headers | None, now: float) -> list[Output]:
-        assert headers is not None
-        core, edge, drops = self.tof.uplink(batch, headers, now)
-        self._account(drops)
-        return [(core, None), (edge, None)]
+    def _step(self, batch: PacketBatch, h: Headers, now: float) -> tuple[list[PacketBatch], Drops]:
+        core, edge, drops = self.tof.uplink(batch, h, now)
+        return [core, edge], drops
 
 
 class TofDownlink(_TofOperator):
@@ -68,14 +76,9 @@ class TofDownlink(_TofOperator):
 
     kind = "tof_downlink"
 
-    def __init__(self, tof: Tof, name: str | None = None) -> None:
-        super().__init__(tof, name, ("ran",))
-
-    def process(self, batch: PacketBatch, headers: Headers | None, now: float) -> list[Output]:
-        assert headers is not None
-        out, drops = self.tof.downlink(batch, headers, now)
-        self._account(drops)
-        return [(out, None)]
+    def _step(self, batch: PacketBatch, h: Headers, now: float) -> tuple[list[PacketBatch], Drops]:
+        out, drops = self.tof.downlink(batch, h, now)
+        return [out], drops
 
 
 class TofEdge(_TofOperator):
@@ -83,14 +86,9 @@ class TofEdge(_TofOperator):
 
     kind = "tof_edge"
 
-    def __init__(self, tof: Tof, name: str | None = None) -> None:
-        super().__init__(tof, name, ("ran",))
-
-    def process(self, batch: PacketBatch, headers: Headers | None, now: float) -> list[Output]:
-        assert headers is not None
-        out, drops = self.tof.edge(batch, headers, now)
-        self._account(drops)
-        return [(out, None)]
+    def _step(self, batch: PacketBatch, h: Headers, now: float) -> tuple[list[PacketBatch], Drops]:
+        out, drops = self.tof.edge(batch, h, now)
+        return [out], drops
 
 
 def tof_graph(tof: Tof, name: str = "tof", **graph_options: object) -> Graph:

@@ -33,9 +33,10 @@ from numpy.typing import NDArray
 
 from nfaas.nf import build
 from nfaas.nf.batch import PacketBatch
-from nfaas.nf.gtpu import MAX_INNER_LENGTH, decapsulate, encapsulate
+from nfaas.nf.gtpu import MAX_INNER_LENGTH, decapsulate
 from nfaas.nf.headers import PROTO_ICMP, Headers, parse_inner
 from nfaas.nf.timers import Timers
+from nfaas.vnfs.common import check_positive, check_range
 from nfaas.vnfs.tof.services import ServiceRegistry, parse_address
 from nfaas.vnfs.tof.tunnels import Learned, Tunnel, TunnelTable
 
@@ -72,10 +73,9 @@ class TofConfig:
 
     def __post_init__(self) -> None:
         for name in ("tunnel_timeout", "sweep_every", "pinger_interval"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
-        if self.max_tunnels is not None and self.max_tunnels < 0:
-            raise ValueError(f"max_tunnels must be >= 0, got {self.max_tunnels}")
+            check_positive(name, getattr(self, name), "seconds")
+        if self.max_tunnels is not None:
+            check_range("max_tunnels", self.max_tunnels, 0)
         for name in ("edge_mac", "tof_mac"):
             try:
                 build.mac_bytes(getattr(self, name))
@@ -83,10 +83,8 @@ class TofConfig:
                 raise ValueError(f"{name}: {exc}") from None
         if self.pinger_target is not None:
             parse_address("pinger_target", self.pinger_target)
-        if not 0 <= self.pinger_ident <= 0xFFFF:
-            raise ValueError(f"pinger_ident must be 0..65535, got {self.pinger_ident}")
-        if not 1 <= self.outer_ttl <= 255:
-            raise ValueError(f"outer_ttl must be 1..255, got {self.outer_ttl}")
+        check_range("pinger_ident", self.pinger_ident, 0, 0xFFFF)
+        check_range("outer_ttl", self.outer_ttl, 1, 255)
 
 
 @dataclass
@@ -290,19 +288,11 @@ class Tof:
             self._probe_seq = (self._probe_seq + 1) & 0xFFFF
             echo = build.icmp_echo(self.config.pinger_ident, self._probe_seq, b"nfaas-tof")
             inner.append(build.ipv4(addr, target, PROTO_ICMP, echo))
-        tunnel = rec[rows]
-        probes = encapsulate(
+        probes = self.uplink_tunnels.encapsulate(
             PacketBatch.from_bytes(inner, timestamps_ns=int(now * 1e9)),
-            teid=tunnel["teid"],
-            src=tunnel["src"],
-            dst=tunnel["dst"],
-            l2=tunnel["l2"],
-            l2_length=tunnel["l2_len"],
-            tos=tunnel["tos"],
+            rows,
             ttl=self.config.outer_ttl,
             ident=self._next_idents(rows.size),
-            qfi=tunnel["qfi"],
-            uplink=True,
         )
         self.stats.probes_sent += len(probes)
         return probes
@@ -363,21 +353,13 @@ class Tof:
         end = start + h.ip_total_length[send]
         tunnel_rows = rows[send]
         self.downlink_tunnels.touch(tunnel_rows, now)
-        tunnel = self.downlink_tunnels.records[tunnel_rows]
-        out = encapsulate(
+        out = self.downlink_tunnels.encapsulate(
             batch if send.size == n else batch.select(send, copy=False),
-            start=start,
-            end=end,
-            teid=tunnel["teid"],
-            src=tunnel["src"],
-            dst=tunnel["dst"],
-            l2=tunnel["l2"],
-            l2_length=tunnel["l2_len"],
-            tos=tunnel["tos"],
+            tunnel_rows,
             ttl=self.config.outer_ttl,
             ident=self._next_idents(send.size),
-            qfi=tunnel["qfi"],
-            uplink=False,
+            start=start,
+            end=end,
         )
         self.stats.encapsulated += len(out)
         return out, drops

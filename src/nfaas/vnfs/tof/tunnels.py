@@ -19,9 +19,10 @@ import ipaddress
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 from nfaas.nf.batch import PacketBatch
+from nfaas.nf.gtpu import encapsulate
 from nfaas.nf.headers import Headers
 from nfaas.nf.state import FlowState
 
@@ -97,6 +98,37 @@ class TunnelTable:
     def touch(self, rows: NDArray[np.int64], now: float) -> None:
         """Traffic was sent into these tunnels: they are not idle."""
         self.state.touch(rows, now)
+
+    def encapsulate(
+        self,
+        packets: PacketBatch,
+        rows: NDArray[np.int64],
+        *,
+        ttl: int,
+        ident: ArrayLike,
+        start: ArrayLike = 0,
+        end: ArrayLike | None = None,
+    ) -> PacketBatch:
+        """Packet i (the IP packet at its bytes `start:end`) tunnelled into the tunnel at row
+        `rows[i]`, framed as that tunnel's peer frames it (TEID, outer addresses, layer 2,
+        TOS, QFI; the PDU type of this table's direction). The outer `ttl` and IPv4
+        `ident` (per packet) are the sender's."""
+        tunnel = self.state.records[rows]
+        return encapsulate(
+            packets,
+            start=start,
+            end=end,
+            teid=tunnel["teid"],
+            src=tunnel["src"],
+            dst=tunnel["dst"],
+            l2=tunnel["l2"],
+            l2_length=tunnel["l2_len"],
+            tos=tunnel["tos"],
+            ttl=ttl,
+            ident=ident,
+            qfi=tunnel["qfi"],
+            uplink=self.direction == "uplink",
+        )
 
     def remove(self, ue: NDArray[np.uint32]) -> int:
         return int(np.count_nonzero(self.state.remove(ue.astype(np.uint64))))
