@@ -1,24 +1,29 @@
 """Connection tracking and the flow-state table.
 
-Scenarios check netfilter's semantics packet by packet; a hypothesis test runs random packet
-sequences, cut into random batches, against a plain per-packet reference model.
+Scenarios check netfilter's semantics packet by packet, including confirmation (a connection
+is recorded only if its first packet passes); a hypothesis test runs random packet
+sequences, cut into random batches, with and without refused packets, against a plain
+per-packet reference model.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numpy.typing import NDArray
 
 from nfaas.nf import build as B
 from nfaas.nf import state as state_module
 from nfaas.nf.batch import PacketBatch
 from nfaas.nf.checksum import internet_checksum
 from nfaas.nf.headers import parse
-from nfaas.nf.state import ConnTrack, CtState, FlowState, TcpState, Timeouts, Tracked
+from nfaas.nf.state import Confirm, ConnTrack, CtState, FlowState, TcpState, Timeouts, Tracked
 
 A, Z, R = "198.18.0.1", "198.18.0.2", "198.18.0.254"
 A6, Z6 = "2001:db8::1", "2001:db8::2"
@@ -76,9 +81,23 @@ def tcp(src: str, dst: str, sport: int, dport: int, flags: int) -> P:
     return P("tcp", src, dst, sport, dport, flags)
 
 
-def track(ct: ConnTrack, packets: list[P], now: float = 0.0) -> Tracked:
+def track(
+    ct: ConnTrack, packets: list[P], now: float = 0.0, confirm: Confirm | None = None
+) -> Tracked:
     batch = PacketBatch.from_bytes([p.frame() for p in packets])
-    return ct.track(batch, parse(batch), now)
+    return ct.track(batch, parse(batch), now, confirm=confirm)
+
+
+def asking(packets: list[P], passes: Callable[[P], bool]) -> tuple[Confirm, list[int]]:
+    """A `confirm` that lets through the packets `passes` approves, and the list it fills
+    with the rows it was asked about."""
+    asked: list[int] = []
+
+    def confirm(rows: NDArray[np.intp]) -> NDArray[np.bool_]:
+        asked.extend(rows.tolist())
+        return np.array([passes(packets[r]) for r in rows.tolist()], np.bool_)
+
+    return confirm, asked
 
 
 def states(t: Tracked) -> list[CtState]:
@@ -245,6 +264,7 @@ def test_table_full_makes_new_connections_invalid() -> None:
     ct = ConnTrack(max_connections=2)
     t = track(ct, [P("udp", A, Z, p, 9) for p in (1, 2, 3, 1)])
     assert states(t) == [NEW, NEW, INV, NEW]
+    assert t.created.tolist() == [True, True, False, False]
     assert ct.stats["table_full"] == 1 and len(ct) == 2
 
 
@@ -268,6 +288,114 @@ def test_state_storms_beyond_the_round_limit_match_packet_by_packet() -> None:
     one_by_one = [states(track(single, [p]))[0] for p in storm]
     assert states(batched) == one_by_one
     assert one_by_one[-3:] == [NEW, EST, EST]
+
+
+def test_created_flags_the_packets_that_opened_a_connection() -> None:
+    ct = ConnTrack()
+    t = track(ct, [tcp(A, Z, 1, 80, SYN), tcp(A, Z, 1, 80, SYN), tcp(Z, A, 80, 1, SYN | ACK),
+                   P("udp", A, Z, 5, 53), P("echo", A, Z, 7), P("echo_reply", Z, A, 7),
+                   tcp(A, Z, 2, 80, ACK)])  # fmt: skip
+    assert t.created.tolist() == [True, False, False, True, True, False, False]
+    track(ct, [tcp(A, Z, 1, 80, ACK), tcp(A, Z, 1, 80, FIN | ACK), tcp(Z, A, 80, 1, FIN | ACK),
+               tcp(A, Z, 1, 80, ACK)])  # fmt: skip
+    reopen = track(ct, [tcp(Z, A, 80, 1, SYN)])  # TIME_WAIT: the SYN starts over
+    assert reopen.created.tolist() == [True]
+
+
+def test_a_reopened_connection_counts_only_its_own_packets() -> None:
+    ct = ConnTrack()
+    again = [tcp(Z, A, 80, 1000, SYN), tcp(A, Z, 1000, 80, SYN | ACK)]
+    packets = [p for p, *_ in HANDSHAKE_AND_CLOSE] + again
+    batch = PacketBatch.from_bytes([p.frame() for p in packets])
+    t = ct.track(batch, parse(batch), 0.0)
+    row = int(ct.table.find(t.key[:1])[0])
+    assert ct.tcp_state(int(t.key[0])) is TcpState.SYN_RECV
+    assert int(ct.table.records["packets"][row]) == 2
+    assert int(ct.table.records["bytes"][row]) == sum(len(q.frame()) for q in again)
+
+
+# -- confirmation: a connection is recorded only if its first packet passes -----------------
+
+
+def test_a_refused_syn_records_nothing_and_its_answer_is_invalid() -> None:
+    ct = ConnTrack()
+    syn, synack = tcp(A, Z, 1, 22, SYN), tcp(Z, A, 22, 1, SYN | ACK)
+    packets = [syn, synack, syn]
+    confirm, asked = asking(packets, lambda p: False)
+    t = track(ct, packets, confirm=confirm)
+    assert states(t) == [NEW, INV, NEW]  # the refused SYNs stay NEW: the caller drops them
+    assert t.created.tolist() == [False, False, False]
+    assert sorted(asked) == [0, 2]  # each SYN is asked about, the SYN-ACK creates nothing
+    assert len(ct) == 0
+
+
+def test_after_a_refused_packet_the_other_side_opens_a_connection_of_its_own() -> None:
+    ct = ConnTrack()
+    probe, answer = P("udp", A, Z, 53, 6000), P("udp", Z, A, 6000, 53)
+    packets = [probe, answer, probe]
+    confirm, asked = asking(packets, lambda p: p.src == Z)
+    t = track(ct, packets, confirm=confirm)
+    assert states(t) == [NEW, NEW, EST]  # Z opened the connection: A's packet answers it
+    assert t.reply.tolist() == [False, False, True]
+    assert t.created.tolist() == [False, True, False]
+    assert sorted(asked) == [0, 1] and len(ct) == 1
+
+
+def test_a_reset_to_a_refused_syn_is_invalid_and_a_syn_back_opens_from_its_sender() -> None:
+    ct = ConnTrack()
+    packets = [tcp(A, Z, 1000, 53, SYN), tcp(Z, A, 53, 1000, RST), tcp(Z, A, 53, 1000, SYN)]
+    confirm, _ = asking(packets, lambda p: p.src == Z)
+    t = track(ct, packets, confirm=confirm)
+    assert states(t) == [NEW, INV, NEW]
+    assert ct.tcp_state(int(t.key[0])) is TcpState.SYN_SENT
+    assert states(track(ct, [tcp(A, Z, 1000, 53, SYN | ACK)])) == [EST]  # Z is the original
+
+
+def test_a_refused_syn_after_a_reset_leaves_nothing() -> None:
+    ct = ConnTrack()
+    packets = [tcp(A, Z, 1000, 53, SYN), tcp(Z, A, 53, 1000, RST), tcp(Z, A, 53, 1000, SYN)]
+    confirm, _ = asking(packets, lambda p: p.src == A)
+    t = track(ct, packets, confirm=confirm)
+    assert states(t) == [NEW, EST, NEW] and t.created.tolist() == [True, False, False]
+    assert len(ct) == 0
+
+
+def test_a_refused_syn_in_time_wait_ends_the_old_connection() -> None:
+    ct = ConnTrack()
+    track(ct, [p for p, *_ in HANDSHAKE_AND_CLOSE])
+    packets = [tcp(Z, A, 80, 1000, SYN), tcp(A, Z, 1000, 80, ACK)]
+    confirm, asked = asking(packets, lambda p: False)
+    t = track(ct, packets, confirm=confirm)
+    assert states(t) == [NEW, INV] and asked == [0]  # netfilter kills it when the SYN comes
+    assert len(ct) == 0
+
+
+def test_the_per_packet_fallback_confirms_the_same_way() -> None:
+    storm = [tcp(A, Z, 7, 80, SYN if i % 2 == 0 else RST) for i in range(8)]
+    storm += [tcp(Z, A, 80, 7, SYN), tcp(A, Z, 7, 80, SYN | ACK), tcp(A, Z, 7, 80, ACK)]
+    results = []
+    for max_rounds in (state_module.MAX_ROUNDS, 0):
+        saved, state_module.MAX_ROUNDS = state_module.MAX_ROUNDS, max_rounds
+        try:
+            ct = ConnTrack()
+            confirm, asked = asking(storm, lambda p: p.src == Z)
+            t = track(ct, storm, confirm=confirm)
+        finally:
+            state_module.MAX_ROUNDS = saved
+        results.append((states(t), t.created.tolist(), ct.tcp_state(int(t.key[0]))))
+        assert set(asked) >= {0, 2, 4, 6, 8}  # every SYN (the fallback asks ahead)
+    assert results[0] == results[1]
+    assert results[0][0] == [NEW, INV] * 4 + [NEW, EST, EST]
+    assert results[0][2] is TcpState.SYN_RECV
+
+
+def test_confirm_must_answer_each_packet_with_a_boolean() -> None:
+    ct = ConnTrack()
+    batch = PacketBatch.from_bytes([P("udp", A, Z, 1, 2).frame()])
+    with pytest.raises(ValueError, match="confirm must answer 1 packets with booleans"):
+        ct.track(batch, parse(batch), 0.0, confirm=lambda rows: np.ones(2, np.bool_))
+    with pytest.raises(ValueError, match="got an array of int64"):
+        ct.track(batch, parse(batch), 0.0, confirm=lambda rows: np.ones(1, np.int64))
 
 
 # -- random sequences against a per-packet reference model -----------------------------------
@@ -355,44 +483,49 @@ class Reference:
             return None
         return c
 
-    def step(self, p: P, now: float) -> tuple[CtState, bool]:
+    def step(self, p: P, now: float, passes: bool = True) -> tuple[CtState, bool, bool]:
+        """(state, reply, created) of `p`; a connection it would open is kept if `passes`
+        (netfilter confirms a new connection only when its first packet leaves)."""
         key = self.key(p)
         c = self.live(key, now)
         if c is None:
             if (p.kind == "tcp" and tcp_class(p.flags) == "syn") or p.kind in ("udp", "echo"):
                 init = "SS" if p.kind == "tcp" else "open"
-                self.conns[key] = Conn(key[0], (p.src, p.sport), init, False, now)
-                return NEW, False
-            return INV, False
+                if passes:
+                    self.conns[key] = Conn(key[0], (p.src, p.sport), init, False, now)
+                return NEW, False, passes
+            return INV, False, False
         reply = (p.src, p.sport) != c.orig
         info = EST if reply or c.seen_reply else NEW
         if p.kind == "tcp":
             cls = tcp_class(p.flags)
             if cls is None:
-                return INV, reply
+                return INV, reply, False
             if cls == "syn" and c.state in ("TW", "CL"):
-                self.conns[key] = Conn("tcp", (p.src, p.sport), "SS", False, now)
-                return NEW, False
+                del self.conns[key]  # the old one ends even if the new one is refused
+                if passes:
+                    self.conns[key] = Conn("tcp", (p.src, p.sport), "SS", False, now)
+                return NEW, False, passes
             target = TABLE["reply" if reply else "orig"][cls].split()[COLUMNS.index(c.state)]
             if target == "IV":
-                return INV, reply
+                return INV, reply, False
             if cls == "rst" and not c.seen_reply:
                 del self.conns[key]
-                return info, reply
+                return info, reply, False
             if target != "IG":
                 c.state = target
         elif p.kind in ("echo", "echo_reply") and (p.kind == "echo_reply") != reply:
-            return INV, reply
+            return INV, reply, False
         c.seen_reply |= reply
         c.last = now
-        return info, reply
+        return info, reply, False
 
-    def related(self, p: P, now: float) -> tuple[CtState, bool]:
+    def related(self, p: P, now: float) -> tuple[CtState, bool, bool]:
         assert p.inner is not None
         c = self.live(self.key(p.inner), now)
         if c is None:
-            return INV, False
-        return REL, (p.inner.src, p.inner.sport) == c.orig
+            return INV, False, False
+        return REL, (p.inner.src, p.inner.sport) == c.orig, False
 
 
 HOSTS = [(A, Z), (A6, Z6)]
@@ -456,10 +589,14 @@ def packet_batches(draw: st.DrawFn) -> list[tuple[float, list[P]]]:
 @given(
     batches=packet_batches(),
     max_rounds=st.sampled_from([state_module.MAX_ROUNDS, 1, 0]),
+    refused_ports=st.none() | st.frozensets(st.sampled_from([80, 9, 1000]), min_size=1),
 )
 def test_matches_the_reference_on_random_sequences(
-    batches: list[tuple[float, list[P]]], max_rounds: int
+    batches: list[tuple[float, list[P]]], max_rounds: int, refused_ports: frozenset[int] | None
 ) -> None:
+    """With `refused_ports`, `confirm` refuses the new connections of packets to those
+    ports (a filter dropping them): the tracker must record exactly what the reference,
+    one packet at a time, keeps."""
     timeouts = Timeouts(2.0, 1.5, 6.0, 2.5, 3.0, 1.0, 2.0, 0.5, 1.0, 4.0, 2.0, 5.0)
     ct, ref = ConnTrack(timeouts), Reference(timeouts)
     keys: dict[tuple[str, frozenset[tuple[str, int]]], int] = {}
@@ -471,10 +608,20 @@ def test_matches_the_reference_on_random_sequences(
             now += gap
             if not pkts:
                 continue
-            t = track(ct, pkts, now)
-            want = [ref.step(p, now) for p in pkts if p.kind != "error"]
+            confirm = None
+            if refused_ports is not None:
+                confirm, _ = asking(pkts, lambda p: p.dport not in refused_ports)
+            t = track(ct, pkts, now, confirm)
+            want = [
+                ref.step(p, now, refused_ports is None or p.dport not in refused_ports)
+                for p in pkts
+                if p.kind != "error"
+            ]
             want_errors = [ref.related(p, now) for p in pkts if p.kind == "error"]
-            got = [(CtState(int(s)), bool(r)) for s, r in zip(t.state, t.reply, strict=True)]
+            got = [
+                (CtState(int(s)), bool(r), bool(c))
+                for s, r, c in zip(t.state, t.reply, t.created, strict=True)
+            ]
             assert [g for g, p in zip(got, pkts, strict=True) if p.kind != "error"] == want
             assert [g for g, p in zip(got, pkts, strict=True) if p.kind == "error"] == want_errors
             for p, k in zip(pkts, t.key.tolist(), strict=True):

@@ -18,6 +18,15 @@ ESTABLISHED, FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT, CLOSE, SYN_SENT2) with i
 timeouts, without sequence-window checks; UDP and other protocols are "unreplied" then
 "replied"; ICMP echo is tracked by identifier.
 
+Confirmation: netfilter creates a connection unconfirmed and records it only when its first
+packet leaves the hook, so a packet that a filter drops leaves no connection behind. `track`
+takes an optional `confirm` function for that: asked about the packets that would create
+(or re-open) a connection, it says which of them will be let through; the others stay NEW
+but record nothing (a TIME_WAIT connection a refused SYN would re-open is gone, as in
+netfilter, which kills it when the SYN arrives), and later packets of the batch see the
+table as they would had the refused packet been processed and dropped on its own.
+`Tracked.created` flags the packets that did create a connection.
+
 Vectorisation: packets are grouped by connection; each round resolves, for every
 connection at once, all packets up to and including the next one that changes its state
 (most packets change nothing), so a batch costs a few rounds, not a loop over packets. A
@@ -52,6 +61,7 @@ from nfaas.nf.timers import Timers
 
 __all__ = [
     "MAX_ROUNDS",
+    "Confirm",
     "ConnTrack",
     "CtState",
     "FlowState",
@@ -305,6 +315,13 @@ class Tracked:
     state: NDArray[np.uint8]  # CtState
     reply: NDArray[np.bool_]  # travels in the connection's reply direction
     key: U64  # connection key (0 where none: non-IP, fragments, malformed, stray ICMP)
+    created: NDArray[np.bool_]  # created (or re-opened) its connection, and it was recorded
+
+
+Confirm = Callable[[NDArray[np.intp]], NDArray[np.bool_]]
+"""`track`'s `confirm`: batch rows of packets about to create a connection -> which of them
+will pass (and so may create it). It may be asked about a packet that then creates nothing
+(see `ConnTrack.track`), so its answer must depend on the packet alone."""
 
 
 # Families of the transition tables, and packet classes within each.
@@ -417,6 +434,8 @@ def _transition_tables() -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
 
 
 _NEXT, _VERDICT = _transition_tables()
+# CAN_CREATE[family, class]: such a packet creates a connection in some state.
+_CAN_CREATE = (_VERDICT == V_CREATE).any(axis=(1, 3))
 
 # ICMPv6 types netfilter leaves untracked (MLD, router/neighbour discovery).
 _ICMPV6_UNTRACKED = np.array([130, 131, 132, 133, 134, 135, 136, 143], np.uint8)
@@ -559,8 +578,19 @@ class ConnTrack:
             return None
         return TcpState(int(self.table.records["state"][row]) // 2)
 
-    def track(self, batch: PacketBatch, h: Headers, now: float) -> Tracked:
-        """Classify every packet of a parsed batch and update the connections."""
+    def track(
+        self, batch: PacketBatch, h: Headers, now: float, *, confirm: Confirm | None = None
+    ) -> Tracked:
+        """Classify every packet of a parsed batch and update the connections.
+
+        Without `confirm` every connection a packet creates is recorded. With it, only the
+        ones `confirm` lets through (see the module docstring): `confirm(rows)` is asked a
+        few times per batch (once per round that creates connections) about the packets
+        that would create one, each packet at most once. A connection that changes state
+        more than `MAX_ROUNDS` times in the batch is finished one packet at a time, and
+        `confirm` is asked beforehand about all its packets that could create one, some of
+        which may then create nothing.
+        """
         n = len(h)
         if len(batch) != n:
             raise ValueError(f"{len(batch)} packets but {n} parsed headers")
@@ -568,6 +598,7 @@ class ConnTrack:
             np.zeros(n, np.uint8),  # CtState.INVALID
             np.zeros(n, np.bool_),
             np.zeros(n, np.uint64),
+            np.zeros(n, np.bool_),
         )
         state = out.state
         valid = h.valid
@@ -583,7 +614,7 @@ class ConnTrack:
         l4 = ip & (h.l4_offset >= 0) & ~icmp
         tracked = np.flatnonzero(l4 | echo)
         if tracked.size:
-            self._track_connections(batch, h, tracked, now, out)
+            self._track_connections(batch, h, tracked, now, out, confirm)
         err = np.flatnonzero(errors)
         if err.size:
             self._related(batch, h, err, now, out)
@@ -591,7 +622,13 @@ class ConnTrack:
         return out
 
     def _track_connections(
-        self, batch: PacketBatch, h: Headers, idx: NDArray[np.intp], now: float, out: Tracked
+        self,
+        batch: PacketBatch,
+        h: Headers,
+        idx: NDArray[np.intp],
+        now: float,
+        out: Tracked,
+        confirm: Confirm | None,
     ) -> None:
         """Packets `idx` (TCP, UDP, other L4, ICMP echo): their connections' state machines."""
         all_keys, all_sides = connection_keys(h)
@@ -623,9 +660,10 @@ class ConnTrack:
         cur_o = np.zeros(uniq.size, np.uint8)
         cur_s[present] = self.table.records["state"][rows[present]]
         cur_o[present] = self.table.records["orig"][rows[present]]
-        machine = _StateMachine(group, side, fam, cls, cur_s, cur_o)
+        ask = None if confirm is None else _confirm_positions(confirm, idx)
+        machine = _StateMachine(group, side, fam, cls, cur_s, cur_o, ask)
         machine.run(order)
-        info, valid_pkt = machine.info, machine.accepted
+        info, valid_pkt, created = machine.info, machine.accepted, machine.created
         touched = np.zeros(uniq.size, np.bool_)
         touched[group[valid_pkt]] = True
         # Write back: refresh/create live connections, remove killed ones.
@@ -643,13 +681,22 @@ class ConnTrack:
                 dead = lost[group]
                 self.stats["table_full"] += int(np.count_nonzero(dead))
                 info[dead] = CtState.INVALID
+                created[dead] = False
                 keep, new_rows = keep[~refused], new_rows[~refused]
             gfam = fam[first[keep]]
             rec = self.table.records
             rec["state"][new_rows] = cur_s[keep]
             rec["orig"][new_rows] = cur_o[keep]
             rec["family"][new_rows] = gfam
+            # Count the packets of the connection as it is now: those since its last
+            # (re-)creation in this batch, if any, which also starts its counts over.
+            born = np.full(uniq.size, -1, np.intp)
+            np.maximum.at(born, group[created], np.flatnonzero(created))
+            reborn = born[keep] >= 0
+            rec["packets"][new_rows[reborn]] = 0
+            rec["bytes"][new_rows[reborn]] = 0
             counted = valid_pkt & (info != CtState.INVALID)
+            counted &= np.arange(idx.size) >= born[group]
             pk = np.bincount(group[counted], minlength=uniq.size)
             by = np.bincount(
                 group[counted], weights=batch.lengths[idx[counted]], minlength=uniq.size
@@ -659,6 +706,7 @@ class ConnTrack:
             self.table.set_timeout(new_rows, self._ttl[gfam, cur_s[keep]])
         out.state[idx] = info
         out.reply[idx] = machine.reply
+        out.created[idx] = created
 
     def _related(
         self, batch: PacketBatch, h: Headers, err: NDArray[np.intp], now: float, out: Tracked
@@ -728,6 +776,21 @@ class ConnTrack:
         out.reply[hit] = side[found] == orig
 
 
+def _confirm_positions(confirm: Confirm, idx: NDArray[np.intp]) -> Confirm:
+    """`confirm` for positions into `idx` (the state machine's packets), checked."""
+
+    def ask(positions: NDArray[np.intp]) -> NDArray[np.bool_]:
+        answer = np.asarray(confirm(idx[positions]))
+        if answer.shape != positions.shape or answer.dtype != np.bool_:
+            raise ValueError(
+                f"confirm must answer {positions.size} packets with booleans, "
+                f"got an array of {answer.dtype} shaped {answer.shape}"
+            )
+        return answer
+
+    return ask
+
+
 def _count_states(into: dict[str, int], states: NDArray[np.uint8]) -> None:
     """Add how many packets got each CtState to `into`, under the state's lower-case name."""
     counts = np.bincount(states, minlength=len(CtState))
@@ -740,8 +803,11 @@ class _StateMachine:
     """Each connection's packets of one batch run through the state machine, in arrival order.
 
     Per packet: `group` (its connection), `side`, `fam`, `cls`. Per connection: `state` and
-    `orig` (original side) on entry, updated in place. `run` fills, per packet, `info`
-    (CtState), `reply` (reply direction) and `accepted` (the state machine took it).
+    `orig` (original side) on entry, updated in place. `confirm`, if given, is asked which
+    creating packets (by position) may create their connection; a refused one leaves its
+    connection with no state. `run` fills, per packet, `info` (CtState), `reply` (reply
+    direction), `accepted` (the state machine took it and it left its mark: not a refused
+    creation) and `created` (it created or re-opened its connection).
     """
 
     def __init__(
@@ -752,13 +818,16 @@ class _StateMachine:
         cls: NDArray[np.uint8],
         state: NDArray[np.uint8],
         orig: NDArray[np.uint8],
+        confirm: Confirm | None = None,
     ) -> None:
         self.group, self.side, self.fam, self.cls = group, side, fam, cls
         self.state, self.orig = state, orig
+        self.confirm = confirm
         m = group.shape[0]
         self.info = np.zeros(m, np.uint8)
         self.reply = np.zeros(m, np.bool_)
         self.accepted = np.zeros(m, np.bool_)
+        self.created = np.zeros(m, np.bool_)
 
     def run(self, order: NDArray[np.intp]) -> None:
         """Resolve the packets `order` (grouped by connection, in arrival order within each)."""
@@ -798,33 +867,62 @@ class _StateMachine:
             self.reply[p] = (dd == 1) & (vd != V_CREATE)  # a creating packet is the new original
             self.accepted[p] = vd != V_INVALID
             if loud.size:
-                fg = g[firsts]
-                cur_s[fg] = nxt[firsts]
-                created = ver[firsts] == V_CREATE
-                cur_o[fg[created]] = side[pending[firsts[created]]]
+                self._change(g[firsts], pending[firsts], nxt[firsts], ver[firsts] == V_CREATE)
             pending = pending[~done]
             rounds += 1
+
+    def _change(
+        self,
+        groups: NDArray[np.intp],
+        packets: NDArray[np.intp],
+        nxt: NDArray[np.uint8],
+        creating: NDArray[np.bool_],
+    ) -> None:
+        """Apply the state changes `nxt` of `packets` (one per connection `groups`); those
+        `creating` ask `confirm` first, and a refused one leaves its connection with none."""
+        nxt = nxt.copy()
+        if self.confirm is not None and creating.any():
+            asked = np.flatnonzero(creating)
+            refused = asked[~self.confirm(packets[asked])]
+            nxt[refused] = 0  # nothing recorded; a re-opened connection is gone all the same
+            creating = creating.copy()
+            creating[refused] = False
+            self.accepted[packets[refused]] = False
+        self.state[groups] = nxt
+        self.orig[groups[creating]] = self.side[packets[creating]]
+        self.created[packets[creating]] = True
 
     def _run_one_by_one(self, pending: NDArray[np.intp]) -> None:
         """The same state machine, one packet at a time (for pathological connections)."""
         group, side, cur_s, cur_o = self.group, self.side, self.state, self.orig
-        info, rep, accepted = self.info, self.reply, self.accepted
+        info, rep, accepted, created = self.info, self.reply, self.accepted, self.created
         nxt_t, ver_t = _NEXT.tolist(), _VERDICT.tolist()
+        # Ask ahead, in one call, about every packet that could create a connection.
+        allowed = np.ones(group.shape[0], np.bool_)
+        if self.confirm is not None:
+            could = pending[_CAN_CREATE[self.fam[pending], self.cls[pending]]]
+            if could.size:
+                allowed[could] = self.confirm(could)
         for p in pending.tolist():
             g = int(group[p])
             s = int(cur_s[g])
             d = 0 if s == 0 else int(side[p]) ^ int(cur_o[g])
             f, c = int(self.fam[p]), int(self.cls[p])
             nxt, ver = nxt_t[f][d][c][s], ver_t[f][d][c][s]
+            accepted[p] = ver != V_INVALID
             if ver == V_INVALID:
                 info[p] = CtState.INVALID
             elif ver == V_CREATE:
                 info[p] = CtState.NEW
-                cur_o[g] = side[p]
+                if allowed[p]:
+                    cur_o[g] = side[p]
+                    created[p] = True
+                else:
+                    nxt = 0
+                    accepted[p] = False
             else:
                 info[p] = CtState.ESTABLISHED if d == 1 or s & 1 else CtState.NEW
             rep[p] = d == 1 and ver != V_CREATE
-            accepted[p] = ver != V_INVALID
             cur_s[g] = nxt
 
 

@@ -11,14 +11,13 @@ every packet an `Outcome`, netfilter-style:
 2. NEW and UNTRACKED IP packets go through the rules: first the verdict cache (a flow's
    first matching rule, remembered per 5-tuple), then the classifier for the misses;
 3. a NEW packet that is not accepted leaves no connection behind. Netfilter keeps a new
-   connection unconfirmed until its first packet leaves; here the tracker records it at
-   once, so the entries of refused connections are removed again (also a TCP connection
-   in TIME_WAIT that a refused SYN re-opened) and the later packets of those connections
-   in the same batch are tracked once more as if it never existed (a reply to a dropped
-   SYN is INVALID, a UDP "reply" becomes a NEW flow of its own). A test holds batches to
-   packet-at-a-time processing: the same packets pass and the same connections remain.
-   Later packets that the batch refused as NEW stay refused ("rule"), where one at a time
-   some of them would be INVALID; they are dropped either way.
+   connection unconfirmed until its first packet leaves; here the tracker asks the rules
+   (`ConnTrack.track`'s `confirm`) about every packet that would open a connection, as it
+   comes to it, and records only the accepted ones. So the later packets of a batch see
+   exactly the table they would see one packet at a time (a reply to a refused SYN is
+   INVALID, a UDP "reply" to a refused datagram is a NEW flow of its own, a TCP connection
+   in TIME_WAIT that a refused SYN would re-open is gone); a test holds batches to
+   packet-at-a-time processing: same states, same outcomes, same connections left.
 
 Rule updates (`insert`, `append`, `delete`, `add_nft`) keep the compiled classifier's
 incremental updates, shift the per-rule counters, and invalidate the verdict cache. Every
@@ -38,9 +37,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from nfaas.nf.batch import PacketBatch
-from nfaas.nf.build import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
 from nfaas.nf.headers import PROTO_TCP, Headers
-from nfaas.nf.state import ConnTrack, CtState, TcpState, Tracked, connection_keys
+from nfaas.nf.state import ConnTrack, CtState
 from nfaas.nf.timers import Timers
 from nfaas.vnfs.firewall.classifier import Classifier
 from nfaas.vnfs.firewall.flowcache import MISS, VerdictCache
@@ -62,7 +60,6 @@ RuleSource = Ruleset | Sequence[Rule] | RuleTable | Classifier | LinearClassifie
 
 NOT_CLASSIFIED = -2  # `Decision.rule` of a packet the rules never saw (-1: the policy)
 NO_STATE = 255  # `Decision.state` without connection tracking
-MAX_RETRACK = 4  # rounds of re-tracking after refused connections (then INVALID)
 
 
 class Outcome(enum.IntEnum):
@@ -347,10 +344,8 @@ class Firewall:
     def decide(self, batch: PacketBatch, h: Headers, now: float) -> Decision:
         """The outcome of every packet of a parsed batch (and the connection updates)."""
         with self.lock:
-            if self.conntrack is None:
-                d = self._stateless(h, now)
-            else:
-                d = self._stateful(batch, h, now, 0)
+            stateful = self.conntrack is not None
+            d = self._stateful(batch, h, now) if stateful else self._stateless(h, now)
             self._count(batch, d)
             return d
 
@@ -371,76 +366,32 @@ class Firewall:
         outcome[rows], rule[rows] = self._filter(h, rows, now)
         return Decision(outcome, rule, np.full(len(h), NO_STATE, np.uint8))
 
-    def _stateful(self, batch: PacketBatch, h: Headers, now: float, depth: int) -> Decision:
+    def _stateful(self, batch: PacketBatch, h: Headers, now: float) -> Decision:
         assert self.conntrack is not None
-        reopenable = _reopenable(self.conntrack, h, now)
-        t = self.conntrack.track(batch, h, now)
-        state = t.state
         outcome, rule, ip = self._start(h)
+        # The tracker asks about the packets that would open a connection, and records only
+        # those the rules accept. The answers are kept for the packets that turn out NEW.
+        asked = np.zeros(len(h), np.bool_)
+        answer = np.zeros(len(h), np.uint8)
+        answer_rule = np.full(len(h), NOT_CLASSIFIED, np.int32)
+
+        def confirm(rows: NDArray[np.intp]) -> NDArray[np.bool_]:
+            answer[rows], answer_rule[rows] = self._filter(h, rows, now)
+            asked[rows] = True
+            return answer[rows] == Outcome.FORWARD
+
+        state = self.conntrack.track(batch, h, now, confirm=confirm).state
         check = ip & ((state == CtState.NEW) | (state == CtState.UNTRACKED))
         invalid = ip & (state == CtState.INVALID)
         if self.drop_invalid:
             outcome[invalid] = Outcome.INVALID
         else:
             check |= invalid
-        rows = np.flatnonzero(check)
+        known = np.flatnonzero(check & asked)
+        outcome[known], rule[known] = answer[known], answer_rule[known]
+        rows = np.flatnonzero(check & ~asked)
         outcome[rows], rule[rows] = self._filter(h, rows, now)
-        d = Decision(outcome, rule, state)
-        refused = (state == CtState.NEW) & (outcome != Outcome.FORWARD)
-        if refused.any():
-            self._unconfirm(batch, h, t, refused, d, reopenable, now, depth)
-        return d
-
-    def _unconfirm(
-        self,
-        batch: PacketBatch,
-        h: Headers,
-        t: Tracked,
-        refused: NDArray[np.bool_],
-        d: Decision,
-        reopenable: NDArray[np.uint64],
-        now: float,
-        depth: int,
-    ) -> None:
-        """Remove the connections that refused NEW packets created (or re-opened) in this
-        batch, then track their later packets (and ICMP errors about them) again without
-        them."""
-        assert self.conntrack is not None
-        ct = self.conntrack
-        state, n = t.state, len(h)
-        # Group the packets tied to a connection by key (one sort), in arrival order.
-        linked = np.flatnonzero(t.key != 0)
-        order = linked[np.argsort(t.key[linked], kind="stable")]
-        keys = t.key[order]
-        starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
-        keys = keys[starts]
-        sizes = np.diff(np.append(starts, order.size))
-
-        def per_connection(flags: NDArray[np.bool_]) -> NDArray[np.int64]:
-            return np.add.reduceat(flags[order].astype(np.int64), starts)
-
-        opened = (state == CtState.NEW) & (d.outcome == Outcome.FORWARD)
-        suspect = np.flatnonzero((per_connection(refused) > 0) & (per_connection(opened) == 0))
-        counted = per_connection((state == CtState.NEW) | (state == CtState.ESTABLISHED))
-        gone = suspect[_unconfirmed(ct, keys[suspect], counted[suspect], reopenable)]
-        if not gone.size:
-            return
-        ct.table.remove(keys[gone])
-        # Their packets after the first refused one, and ICMP errors about them, again.
-        first = np.minimum.reduceat(np.where(refused[order], order, n), starts)
-        member = np.zeros(keys.size, np.bool_)
-        member[gone] = True
-        retrack = np.repeat(member, sizes) & ~refused[order]
-        retrack &= (order > np.repeat(first, sizes)) | (state[order] == CtState.RELATED)
-        redo = np.sort(order[retrack])
-        if not redo.size:
-            return
-        if depth >= MAX_RETRACK:
-            d.outcome[redo] = Outcome.INVALID
-            d.rule[redo] = NOT_CLASSIFIED
-            return
-        again = self._stateful(batch.select(redo, copy=False), h.select(redo), now, depth + 1)
-        d.outcome[redo], d.rule[redo], d.state[redo] = again.outcome, again.rule, again.state
+        return Decision(outcome, rule, state)
 
     def _filter(
         self, h: Headers, rows: NDArray[np.intp], now: float
@@ -499,46 +450,3 @@ class Firewall:
             odd = np.flatnonzero(~alike)
             rule[odd] = self._classify(tuples.take(odd))
         return rule
-
-
-def _reopenable(ct: ConnTrack, h: Headers, now: float) -> NDArray[np.uint64]:
-    """Sorted keys of the TCP connections in TIME_WAIT or CLOSE that a bare SYN of this
-    batch may re-open. Netfilter drops such a connection when the SYN comes and makes a new
-    one for it, so if the SYN is refused, no entry must remain (the count in `_unconfirmed`
-    cannot tell a re-opened entry from an old one)."""
-    syn = h.valid & (h.protocol == PROTO_TCP) & (h.l4_offset >= 0)
-    syn &= (h.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN)) == TCP_SYN
-    if not syn.any():
-        return np.zeros(0, np.uint64)
-    keys = np.unique(connection_keys(h)[0][syn])
-    rows = ct.table.find(keys, now)
-    present = np.flatnonzero(rows >= 0)
-    tcp_state = ct.table.records["state"][rows[present]] // 2
-    closed = (tcp_state == TcpState.TIME_WAIT) | (tcp_state == TcpState.CLOSE)
-    return keys[present[closed]]
-
-
-def _unconfirmed(
-    ct: ConnTrack,
-    keys: NDArray[np.uint64],
-    counted: NDArray[np.int64],
-    reopenable: NDArray[np.uint64],
-) -> NDArray[np.bool_]:
-    """Which of the connections `keys` the last `track` call created or re-opened (or no
-    longer holds), given how many of their packets it accepted (`counted`).
-
-    A connection's record counts every packet the tracker accepted for it (NEW or
-    ESTABLISHED). When that count equals what the call accepted, the entry did not exist
-    before the call (or had expired and started over). A connection the call does not hold
-    any more was ended in it by a RST; it is taken as created in the call too (it almost
-    always is: a connection that existed would have had its NEW packets accepted by the
-    same rules before). Re-opened entries: `_reopenable`.
-    """
-    rows = ct.table.find(keys)
-    made = rows < 0
-    present = np.flatnonzero(~made)
-    packets = ct.table.records["packets"][rows[present]]
-    made[present] = packets == counted[present].astype(np.uint64)
-    if reopenable.size:
-        made |= np.isin(keys, reopenable)
-    return made
