@@ -718,3 +718,15 @@ def test_parser_agrees_with_tshark(tmp_path: Path) -> None:
             assert int(row["udp.srcport"][-1]) == inner.sport[i]
         else:
             assert row["gtp.teid"] == []
+
+
+def test_gtpu_is_recognised_by_destination_port_only() -> None:
+    """A plain UDP flow *from* port 2152 is not GTP-U (TS 29.281 §4.4.2.3), found by the NAT's
+    round-trip property test; a datagram *to* 2152 is."""
+    from_2152 = B.udp_frame("198.18.0.1", "198.19.0.9", 2152, 53, b"\x11")
+    to_2152 = B.gtpu_frame(
+        "198.18.0.1", "198.19.0.9", 7, B.udp_frame("198.19.1.1", "198.19.1.2", 1, 2)[14:]
+    )
+    h = parse(PacketBatch.from_bytes([from_2152, to_2152]))
+    assert h.valid.tolist() == [True, True]
+    assert h.is_gtpu.tolist() == [False, True]

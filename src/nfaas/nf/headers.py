@@ -599,7 +599,9 @@ class _Parser:
         dgram_end = np.where(more, end, l4 + ulen)
         h.payload_offset[self.rows(i)] = l4 + 8
         h.payload_length[self.rows(i)] = dgram_end - l4 - 8
-        gtp = ~more & ((dport == GTPU_PORT) | (sport == GTPU_PORT))
+        # TS 29.281 §4.4.2.3: G-PDUs go to port 2152; the source port is any. Keying on the
+        # destination alone keeps a plain UDP flow from port 2152 from being read as GTP-U.
+        gtp = ~more & (dport == GTPU_PORT)
         if gtp.any():
             self.gtpu(i[gtp], b[gtp], l4[gtp] + 8, dgram_end[gtp])
 
