@@ -1,13 +1,15 @@
 """``nfaas bench nf`` at smoke size: the JSON has its fields and the values make sense.
 
 Runs the real experiment (capture written and parsed, compiled and linear classifiers, kernel
-loads in network namespaces); no timing thresholds, only consistency.
+loads in network namespaces, live forwarding A -> M -> B through the kernel and our graphs);
+no timing thresholds, only consistency.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from nfaas.bench import nf_live, nf_vnfs
 from nfaas.bench.nf import (
     LOADERS,
     capture_batch,
@@ -147,3 +150,106 @@ def test_rule_counts_are_parsed_and_bad_ones_named() -> None:
         parse_rule_counts("1,ten")
     with pytest.raises(ValueError, match=r"rule count 1 .* at least 1"):
         parse_rule_counts("0")
+
+
+# --- live forwarding --------------------------------------------------------------------------
+
+LIVE_RULES = (1, 10)
+OURS = ("ours", "ours-stateless", "ours (burst 4096)", "ours-stateless (burst 4096)")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+
+
+def _namespaces() -> str:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    out = tmp_path_factory.mktemp("live")
+    results = nf_live.live_forwarding(
+        LIVE_RULES,
+        seconds=0.3,
+        warmup=0.1,
+        latency_seconds=0.05,
+        steps=1,
+        out_dir=out,
+        echo=False,
+    )
+    return results, out
+
+
+@needs_root
+def test_live_results_are_saved_with_a_row_per_rule_count(
+    live: tuple[dict[str, Any], Path],
+) -> None:
+    _, out = live
+    saved = json.loads((out / "nf-live.json").read_text())
+    assert saved["experiment"] == "nf-live"
+    assert [row["rules"] for row in saved["rows"]] == list(LIVE_RULES)
+    assert (out / "nf-live.png").stat().st_size > 0
+    assert "sustained kpps" in saved["markdown"] and "p99 µs" in saved["markdown"]
+    assert set(saved["targets"]["by_path"]) == set(OURS)
+    # every namespace the run made (named after this process) is gone again
+    assert f"nfb-{os.getpid()}-" not in _namespaces()
+
+
+@needs_root
+def test_every_path_forwards_what_the_rules_accept(
+    live: tuple[dict[str, Any], Path],
+) -> None:
+    for row in live[0]["rows"]:
+        assert set(row["paths"]) == {*nf_live.KERNEL_TOOLS, *OURS}
+        assert 0 < row["accept_share"] <= 1
+        for name, result in row["paths"].items():
+            assert result["status"] == "ok", (row["rules"], name, result)
+            rate = result["rate"]
+            assert rate["sent"] > 0 and rate["processed"] > 0, (name, rate)
+            assert 0 < rate["delivered"] <= rate["sent"], (name, rate)
+            # what passes is what the rules accept (the kernel drops nothing else here)
+            assert rate["delivered_share"] == pytest.approx(row["accept_share"], abs=0.1)
+            assert result["router"] is (name in nf_live.KERNEL_TOOLS)
+            assert 0 < rate["forwarder_cpu_busy"] <= 1
+            latency = result["latency"]
+            assert latency["received"] > 0 and latency["p50_us"] > 0, (name, latency)
+            assert latency["p99_us"] >= latency["p50_us"]
+        assert row["paths"]["nft"]["load_s"] > 0
+        drops = row["paths"]["ours"]["nf_drops"]  # what the rules refused, by drop or reject
+        assert drops.get("rule", 0) + drops.get("reject", 0) > 0 or row["accept_share"] == 1
+
+
+@needs_root
+def test_vnfs_are_measured_in_batches_and_live() -> None:
+    rows = nf_vnfs.vnf_rows(
+        seconds=0.3, warmup=0.1, latency_seconds=0.05, steps=1, repeat=1, flows=2048
+    )
+    by_name = {row["vnf"]: row for row in rows}
+    assert {"forward (no NF)", "lb (Maglev)", "nat (SNAT)", "tof (GTP-U offload)"} <= set(by_name)
+    for row in rows:
+        assert row["status"] == "ok", row
+        batch = row["batch"]
+        assert batch["packets"] == 2048
+        assert batch["new"]["mpps"] > 0 and batch["warm"]["mpps"] > 0
+        assert batch["forwarded_share"] > 0
+        if "live" in row:
+            assert row["live"]["status"] == "ok", row["live"]
+            assert row["live"]["rate"]["delivered"] > 0, row
+    assert "live" not in by_name["firewall (1,000 rules)"]  # it has its own live table
+    assert by_name["lb (Maglev)"]["batch"]["forwarded_share"] == 1.0
+
+
+def test_live_frames_carry_the_keys_a_marker_and_valid_checksums() -> None:
+    table = generate_rules(50, 3)
+    keys = generate_packets(table, 300, 4)
+    frames = nf_live.live_frames(keys, nf_live.SINK_MAC)
+    assert (frames.lengths == nf_live.FRAME_BYTES).all()
+    assert (frames.read_uint(frames.lengths - 4, 4) == nf_live.RATE_MARKER).all()
+    headers = parse(frames)
+    assert ipv4_checksums_ok(frames, headers).all() and l4_checksums_ok(frames, headers).all()
+    parsed = flow_keys(headers)
+    for field in ("src4", "dst4", "proto", "sport", "dport"):
+        assert np.array_equal(getattr(parsed, field), getattr(keys, field))
+    probes = nf_live.probe_frames(keys, [3, 5], 5, nf_live.SINK_MAC)
+    assert probes.read_uint(probes.lengths - 8, 4).tolist() == [0, 1, 2, 3, 4]
+    assert (probes.read_uint(probes.lengths - 4, 4) == nf_live.PROBE_MARKER).all()
+    assert l4_checksums_ok(probes, parse(probes)).all()
+    assert flow_keys(parse(probes)).dport.tolist() == [keys.dport[i] for i in (3, 5, 3, 5, 3)]

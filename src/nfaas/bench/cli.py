@@ -61,13 +61,35 @@ def nf(
     packets: int | None = typer.Option(None, min=1, help="Packets per batch (default 65536)."),
     repeat: int | None = typer.Option(None, min=1, help="Timed runs per measurement (default 5)."),
     quick: bool = typer.Option(
-        False, "--quick", help="CI-sized smoke run: rules 1,10,100, 4096 packets, 3 runs."
+        False,
+        "--quick",
+        help="CI-sized smoke run: rules 1,10,100, 4096 packets, 3 runs; live windows of 1 s.",
     ),
     load_timeout: float = typer.Option(
         300.0, help="Seconds before a kernel ruleset load is recorded as a timeout."
     ),
+    classify: bool = typer.Option(
+        True, "--classify/--no-classify", help="Compile, classification and load times."
+    ),
+    live: bool = typer.Option(
+        True,
+        "--live/--no-live",
+        help="Live forwarding A -> M -> B through our firewall, nft and iptables (needs root).",
+    ),
+    live_max_rules: int = typer.Option(
+        1_000_000, min=1, help="Largest rule count measured live (kernel loads take long)."
+    ),
+    live_seconds: float | None = typer.Option(
+        None, min=0.1, help="Seconds per live measurement window (default 2; quick 1)."
+    ),
+    vnfs: bool = typer.Option(
+        True,
+        "--vnfs/--no-vnfs",
+        help="Load balancer, NAT and TOF throughput: batches, and live unless --no-live.",
+    ),
 ) -> None:
-    """Firewall classifier from 1 to 10^6 rules vs nft -f and iptables-restore loads."""
+    """Firewall from 1 to 10^6 rules: classifier vs nft/iptables loads, live forwarding vs the
+    kernel; load balancer, NAT and TOF throughput."""
     from nfaas.bench import nf as experiment
 
     try:
@@ -75,9 +97,33 @@ def nf(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--rules") from None
     default_counts = experiment.QUICK_RULE_COUNTS if quick else experiment.RULE_COUNTS
-    experiment.firewall_classification(
-        counts or default_counts,
-        packets or (experiment.QUICK_PACKETS if quick else experiment.PACKETS),
-        repeat or (experiment.QUICK_REPEAT if quick else experiment.REPEAT),
-        load_timeout=load_timeout,
-    )
+    if classify:
+        experiment.firewall_classification(
+            counts or default_counts,
+            packets or (experiment.QUICK_PACKETS if quick else experiment.PACKETS),
+            repeat or (experiment.QUICK_REPEAT if quick else experiment.REPEAT),
+            load_timeout=load_timeout,
+        )
+    if live:
+        from nfaas.bench import nf_live
+
+        nf_live.live_forwarding(
+            counts or default_counts,
+            seconds=live_seconds or (nf_live.QUICK_LIVE_SECONDS if quick else nf_live.LIVE_SECONDS),
+            warmup=nf_live.QUICK_LIVE_WARMUP if quick else nf_live.LIVE_WARMUP,
+            latency_seconds=nf_live.QUICK_LATENCY_SECONDS if quick else nf_live.LATENCY_SECONDS,
+            steps=nf_live.QUICK_SEARCH_STEPS if quick else nf_live.SEARCH_STEPS,
+            max_rules=live_max_rules,
+            load_timeout=load_timeout,
+        )
+    if vnfs:
+        from nfaas.bench import nf_live, nf_vnfs
+
+        nf_vnfs.vnf_throughput(
+            seconds=live_seconds or (nf_live.QUICK_LIVE_SECONDS if quick else nf_live.LIVE_SECONDS),
+            warmup=nf_live.QUICK_LIVE_WARMUP if quick else nf_live.LIVE_WARMUP,
+            latency_seconds=nf_live.QUICK_LATENCY_SECONDS if quick else nf_live.LATENCY_SECONDS,
+            steps=nf_live.QUICK_SEARCH_STEPS if quick else nf_live.SEARCH_STEPS,
+            repeat=1 if quick else 3,
+            live=live,
+        )

@@ -16,7 +16,8 @@ Seed 004's methodology: the same firewall measured with 1, 10, 100, 1,000, 10,00
   and ``iptables-restore`` / ``iptables-legacy-restore`` of one linear FORWARD chain holding the
   rules that apply to IPv4; with the loader's peak RSS (the kernel's own memory is not measured).
 
-Live forwarding rates are not measured here.
+Live forwarding through network namespaces (this firewall, nftables and iptables in the
+kernel) is `nfaas.bench.nf_live`; batch throughput of the other VNFs is `nfaas.bench.nf_vnfs`.
 """
 
 from __future__ import annotations
@@ -127,16 +128,23 @@ def _template(proto: int) -> bytes:
     return ethernet(ipv4(src, dst, proto, bytes(8)))
 
 
-def capture_batch(keys: FlowKeys, start_ns: int = 0, gap_ns: int = 1000) -> PacketBatch:
+def capture_batch(
+    keys: FlowKeys,
+    start_ns: int = 0,
+    gap_ns: int = 1000,
+    template: Callable[[int], bytes] = _template,
+) -> PacketBatch:
     """IPv4 frames carrying the 5-tuples of `keys`, with valid checksums.
 
-    Built from one template frame per protocol, then addresses and ports are rewritten for the
-    whole batch with `nfaas.nf.build`'s rewriters (incremental checksum updates).
+    Built from one template frame per protocol (`template(proto)`: any addresses and ports,
+    the payload and MAC addresses every frame of that protocol gets), then addresses and
+    ports are rewritten for the whole batch with `nfaas.nf.build`'s rewriters (incremental
+    checksum updates).
     """
     if keys.src4 is None or keys.dst4 is None:
         raise ValueError("capture_batch needs IPv4 flow keys (src4 and dst4)")
     n = len(keys)
-    templates = {int(p): _template(int(p)) for p in np.unique(keys.proto)}
+    templates = {int(p): template(int(p)) for p in np.unique(keys.proto)}
     width = max((len(t) for t in templates.values()), default=0)
     frames = np.zeros((n, width), np.uint8)
     lengths = np.zeros(n, np.int64)
