@@ -116,7 +116,7 @@ SINK_MAC = "02:00:00:00:0b:0b"  # the next hop beyond M: B's address resolves to
 FRAME_BYTES = 64  # frame length without the FCS: the smallest Ethernet frame
 RATE_MARKER = 0x6E666231  # "nfb1": the last four bytes of every rate frame
 PROBE_MARKER = 0x6E666232  # "nfb2": latency probes; the four bytes before it number them
-BURST = DEFAULT_BURST  # frames per sendmmsg; also the burst a `runtime: nf` loop takes
+BURST = DEFAULT_BURST  # frames per sendmmsg; also the NF loop's burst before NF_BURST (4096)
 PROBE_PPS = 2000.0
 MIN_PROBES = 20
 KEPT_UP = 0.99  # a forwarder keeps up when it processes this share of what A sent
@@ -899,8 +899,8 @@ def firewall_paths(
     classifier: Any, files: Mapping[str, Path], tools: Sequence[str], timeout: float
 ) -> list[ForwardPath]:
     """The kernel with each tool's ruleset file, then our firewall graph with and without
-    connection tracking and verdict cache, each taking bursts of 256 (what a `runtime: nf`
-    instance takes) and of `LARGE_BURST` packets."""
+    connection tracking and verdict cache, each taking bursts of 256 and of `LARGE_BURST`
+    packets (what a `runtime: nf` instance takes: NF_BURST)."""
     from nfaas.vnfs.firewall import Firewall, firewall_graph
 
     bindings = {"inside": "m1", "outside": "m2"}

@@ -383,7 +383,9 @@ class AfPacketPort(Closing):
             return self._recv_v2(max_packets)
         starts: list[int] = []
         done: list[int] = []
-        while len(starts) < max_packets and self._rx_ready():
+        # At most one lap: blocks are given back only after the copy, so with the whole ring
+        # ready the head would come round to a block already read.
+        while len(starts) < max_packets and len(done) < self._blocks and self._rx_ready():
             if self._walk_block(starts, max_packets - len(starts)):
                 done.append(self._rx_head)
                 self._rx_head = (self._rx_head + 1) % self._blocks
