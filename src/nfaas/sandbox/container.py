@@ -119,7 +119,10 @@ class ContainerShell(StreamShell):
             runtime = await asyncio.create_subprocess_exec(
                 "/bin/bash",  # dash cannot redirect descriptors above 9
                 "-c",
-                f'exec "$0" "$@" 3<&{theirs.fileno()}',
+                # umask: the mount points runc creates (e.g. /tmp/<checkout>/src under the
+                # /tmp tmpfs) take it; the platform's 077 would make them untraversable for
+                # the instance's uid.
+                f'umask 022; exec "$0" "$@" 3<&{theirs.fileno()}',
                 driver.runtime,
                 "run",
                 "--detach",
