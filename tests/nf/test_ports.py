@@ -349,11 +349,19 @@ def test_tcp_through_the_loop_needs_segmentation_offloads_off(net: Net) -> None:
             client = socket.create_connection((B_IP, 8000), timeout=WAIT)
         conn, _ = server.accept()
         conn.settimeout(WAIT)
+        got = bytearray()
+
+        def read_all() -> None:
+            while chunk := conn.recv(65536):
+                got.extend(chunk)
+
+        # read while sending: 300 KiB need not fit in the two sockets' buffers at once
+        reader = threading.Thread(target=read_all, daemon=True)
+        reader.start()
+        client.settimeout(4 * WAIT)
         client.sendall(data)
         client.close()
-        got = bytearray()
-        while chunk := conn.recv(65536):
-            got += chunk
+        reader.join(4 * WAIT)
         conn.close()
         dropped = ports[1].stats().tx_dropped
     server.close()
