@@ -136,7 +136,7 @@ class Platform:
     def _launch(self) -> bool:
         """Start ``nfaas up`` on a free port; False if it exited before becoming healthy."""
         self.port = free_port()
-        env = {**os.environ, **self.extra_env}
+        env = {"NFAAS_MQTT_PORT": "0", **os.environ, **self.extra_env}
         env.pop("NFAAS_TOKEN", None)
         with open(self.log_path, "ab") as log:
             proc = subprocess.Popen(

@@ -12,14 +12,19 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from nfaas.api.gateway import PREFIX, Gateway, Receive, Scope, Send
+from nfaas.api.gateway import ASYNC_PREFIX, PREFIX, Gateway, Receive, Scope, Send
 from nfaas.api.metrics import Metrics
 from nfaas.control.auth import ALL_NAMESPACES, Principal
 from nfaas.control.bundles import BundleError
 from nfaas.control.platform import Conflict, Forbidden, NotFound, Platform
 from nfaas.control.registry import FunctionRecord
 from nfaas.core.spec import NAME_RE, SpecError, validate_name
+from nfaas.events.calls import FINAL, QUEUED, RETRYING, RUNNING
+from nfaas.events.queue import CallNotFound, CallStateConflict
+from nfaas.events.topics import TopicConflict, TopicError, TopicNotFound, topic_from_request
 from nfaas.node.agent import UnknownFunction
+
+CALL_STATES = (QUEUED, RUNNING, RETRYING, *FINAL)
 
 
 class Deployment(BaseModel):
@@ -44,6 +49,27 @@ class ScaleRequest(BaseModel):
     serviceName: str | None = None
     namespace: str | None = None
     replicas: int = Field(ge=0)
+
+
+class TopicSettings(BaseModel):
+    """A topic's settings; absent ones take their defaults (see docs/events.md)."""
+
+    subjects: list[str] | None = None
+    retention: str | None = Field(None, description="limits | interest | workqueue")
+    storage: str | None = Field(None, description="file | memory")
+    max_age: str | float | None = Field(None, description="e.g. 24h; 0: unlimited")
+    max_bytes: str | int | None = Field(None, description="e.g. 1Gi; -1: unlimited")
+    max_msgs: int | None = None
+    max_msg_size: str | int | None = None
+    labels: dict[str, str] | None = None
+    description: str | None = None
+
+    def settings(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if v is not None and k != "name"}
+
+
+class TopicBody(TopicSettings):
+    name: str
 
 
 class TokenRequest(BaseModel):
@@ -248,6 +274,84 @@ def create_app(platform: Platform) -> Any:
         sha256 = await platform.upload_bundle(data)
         return JSONResponse({"sha256": sha256, "size": len(data)}, status_code=201)
 
+    def visible(who: Principal) -> set[str] | None:
+        return None if who.is_admin else {who.namespace}
+
+    @api.exception_handler(CallNotFound)
+    @api.exception_handler(TopicNotFound)
+    async def _gone(_: Request, exc: Exception) -> JSONResponse:
+        what = "topic" if isinstance(exc, TopicNotFound) else "call"
+        text = str(exc.args[0]) if exc.args else "not found"
+        return JSONResponse(
+            {"error": text if what == "topic" else f"call {text!r} not found"}, status_code=404
+        )
+
+    @api.exception_handler(CallStateConflict)
+    @api.exception_handler(TopicConflict)
+    async def _state(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=409)
+
+    @api.exception_handler(TopicError)
+    async def _topic(_: Request, exc: TopicError) -> JSONResponse:
+        return JSONResponse({"error": str(exc), "field": exc.field}, status_code=400)
+
+    @api.get("/system/calls")
+    async def list_calls(
+        function: str | None = None,
+        namespace: str | None = None,
+        state: str | None = Query(None, pattern="^(" + "|".join(CALL_STATES) + ")$"),
+        limit: int = Query(100, ge=1, le=10000),
+        who: Principal = Depends(principal),
+    ) -> list[dict[str, Any]]:
+        key = None
+        if function is not None:
+            record = platform.lookup(who, function, namespace)
+            key = (record.namespace, function)
+        calls = await platform.events.calls.list(visible(who), key, state, limit)
+        return [c.to_dict() for c in calls]
+
+    @api.get("/system/calls/{call_id}")
+    async def show_call(call_id: str, who: Principal = Depends(principal)) -> dict[str, Any]:
+        return (await platform.events.calls.show(call_id, visible(who))).to_dict()
+
+    @api.post("/system/calls/{call_id}/replay", status_code=202)
+    async def replay_call(call_id: str, who: Principal = Depends(principal)) -> JSONResponse:
+        record = await platform.events.calls.replay(call_id, visible(who))
+        return JSONResponse(record.to_dict(), status_code=202)
+
+    @api.delete("/system/calls/{call_id}")
+    async def cancel_call(call_id: str, who: Principal = Depends(principal)) -> dict[str, Any]:
+        return (await platform.events.calls.cancel(call_id, visible(who))).to_dict()
+
+    @api.get("/system/topics")
+    async def list_topics(_: Principal = Depends(principal)) -> list[dict[str, Any]]:
+        return await platform.events.topics.list()
+
+    @api.post("/system/topics", status_code=201)
+    async def create_topic(body: TopicBody, _: Principal = Depends(principal)) -> JSONResponse:
+        topic = topic_from_request(body.name, body.settings())
+        created = await platform.events.topics.create(topic)
+        await platform.events.router.refresh()
+        return JSONResponse(created, status_code=201)
+
+    @api.get("/system/topics/{name}")
+    async def describe_topic(name: str, _: Principal = Depends(principal)) -> dict[str, Any]:
+        return await platform.events.topics.get(name)
+
+    @api.put("/system/topics/{name}")
+    async def update_topic(
+        name: str, body: TopicSettings, _: Principal = Depends(principal)
+    ) -> dict[str, Any]:
+        updated = await platform.events.topics.update(topic_from_request(name, body.settings()))
+        await platform.events.router.refresh()
+        return updated
+
+    @api.delete("/system/topics/{name}", status_code=204)
+    async def delete_topic(name: str, _: Principal = Depends(principal)) -> Response:
+        await platform.events.topics.delete(name)
+        await platform.events.router.refresh()
+        return Response(status_code=204)
+
     @api.get("/system/tokens")
     async def list_tokens(_: Principal = Depends(admin)) -> list[dict[str, Any]]:
         return platform.tokens.list()
@@ -270,7 +374,7 @@ def create_app(platform: Platform) -> Any:
     api.openapi = lambda: _openapi_with_invoke(api)  # type: ignore[method-assign]
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(PREFIX):
+        if scope["type"] == "http" and scope["path"].startswith((PREFIX, ASYNC_PREFIX)):
             await gateway(scope, receive, send)
         else:
             await api(scope, receive, send)

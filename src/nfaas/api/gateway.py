@@ -12,14 +12,20 @@ from typing import Any
 
 from nfaas.api.metrics import Metrics
 from nfaas.control.auth import Principal
+from nfaas.control.invoke import invoke_pool
 from nfaas.control.platform import DEFAULT_NAMESPACE, Platform
-from nfaas.node.pool import CrashLooping, Overloaded
-from nfaas.sandbox.base import HandlerError, InvokeTimeout, Request, WorkerDied
+from nfaas.events.calls import CallMessage
+from nfaas.events.plane import ASYNC_RUNTIMES
+from nfaas.events.queue import BadCallId, CallNotFound, CallStateConflict, new_call_id
+from nfaas.node.logs import FunctionKey
+from nfaas.node.pool import FunctionPool
+from nfaas.sandbox.base import Request
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 PREFIX = "/function/"
+ASYNC_PREFIX = "/async-function/"
 TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
 
 
@@ -93,15 +99,17 @@ class Gateway:
                 return self.platform.tokens.verify(token.strip()), True
         return None, False
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        accepted = time.monotonic()
-        target, _, sub = scope["path"][len(PREFIX) :].partition("/")
+    async def _target(
+        self, scope: Scope, prefix: str, send: Send
+    ) -> tuple[Principal | None, FunctionKey, FunctionPool, str] | None:
+        """Who asks, for which function, and the sub-path; None once an error was sent."""
+        target, _, sub = scope["path"][len(prefix) :].partition("/")
         name, _, namespace = target.partition(".")
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         principal, presented = self._principal(headers)
         if presented and principal is None:
             await _plain(send, 401, "invalid or revoked token", [(b"www-authenticate", b"Bearer")])
-            return
+            return None
         if not namespace:
             namespace = (
                 principal.namespace if principal and not principal.is_admin else DEFAULT_NAMESPACE
@@ -116,15 +124,21 @@ class Gateway:
                     "this function needs a bearer token",
                     [(b"www-authenticate", b"Bearer")],
                 )
-                return
+                return None
             if not principal.may_access(namespace):
                 pool = None
         if pool is None:
             await _plain(send, 404, f"function {name!r} not found")
-            return
+            return None
+        return principal, key, pool, sub
+
+    async def _request(
+        self, scope: Scope, receive: Receive, send: Send, pool: FunctionPool, sub: str
+    ) -> Request | None:
+        """The request as the function will see it; None once a 413 was sent."""
         declared = 0
         str_headers: list[tuple[str, str]] = []
-        for k, v in headers:
+        for k, v in scope["headers"]:
             if k == b"content-length":
                 declared = int(v) if v.isdigit() else 0
             elif k == b"authorization":
@@ -133,50 +147,142 @@ class Gateway:
         try:
             body = await _read_body(receive, pool.spec.limits.max_body, declared)
         except BodyTooLarge:
-            self.metrics.observe_invocation(key, 413, time.monotonic() - accepted)
             await _plain(
                 send, 413, f"request body exceeds max_body ({pool.spec.limits.max_body} bytes)"
             )
-            return
-        request = Request(
+            return None
+        return Request(
             scope["method"], "/" + sub, scope["query_string"].decode("latin-1"), str_headers, body
         )
-        status = 500
-        try:
-            response, cold = await pool.invoke(request, accepted)
-        except HandlerError as exc:
-            await _plain(send, 500, f"function raised {exc.kind}: {exc.message}")
-        except InvokeTimeout:
-            status = 504
-            await _plain(
-                send, 504, f"function exceeded its timeout of {pool.spec.limits.timeout:g}s"
-            )
-        except WorkerDied as exc:
-            status = 502
-            await _plain(send, 502, f"function instance died during the request: {exc}")
-        except Overloaded as exc:
-            status = 429
-            await _plain(
-                send, 429, str(exc), [(b"retry-after", str(int(exc.retry_after)).encode())]
-            )
-        except CrashLooping as exc:
-            retry = [(b"retry-after", str(max(1, int(exc.retry_after + 0.999))).encode())]
-            if exc.load_error:
-                await _plain(send, 500, f"function failed to load: {exc.reason}", retry)
-            else:
-                status = 503
-                await _plain(send, 503, f"function is failing to start: {exc.reason}", retry)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"].startswith(ASYNC_PREFIX):
+            await self.asynchronous(scope, receive, send)
+            return
+        accepted = time.monotonic()
+        found = await self._target(scope, PREFIX, send)
+        if found is None:
+            return
+        _, key, pool, sub = found
+        request = await self._request(scope, receive, send, pool, sub)
+        if request is None:
+            self.metrics.observe_invocation(key, 413, time.monotonic() - accepted)
+            return
+        outcome = await invoke_pool(pool, request, accepted)
+        status = outcome.status
+        if outcome.error:
+            extra = [(k.encode(), v.encode()) for k, v in outcome.headers]
+            await _plain(send, status, outcome.error, extra)
         else:
-            out = checked_headers(response.headers)
-            if out is None or not 200 <= response.status <= 599:
+            out = checked_headers(outcome.headers)
+            if out is None or not 200 <= status <= 599:
                 status = 502
                 await _plain(send, 502, "function returned an invalid HTTP status or header")
             else:
-                status = response.status
                 elapsed = time.monotonic() - accepted
                 out.append((b"x-duration-seconds", f"{elapsed:.6f}".encode()))
-                if cold:
+                if outcome.cold:
                     out.append((b"x-nfaas-cold-start", b"1"))
                 await send({"type": "http.response.start", "status": status, "headers": out})
-                await send({"type": "http.response.body", "body": response.body})
+                await send({"type": "http.response.body", "body": outcome.body})
         self.metrics.observe_invocation(key, status, time.monotonic() - accepted)
+
+    # -- async ---------------------------------------------------------------------------
+    async def asynchronous(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """POST /async-function/{name}: 202 + X-Call-Id once the call is stored durably.
+        DELETE /async-function/{call-id}: cancel a call that has not started."""
+        if scope["method"] == "DELETE" and "/" not in scope["path"][len(ASYNC_PREFIX) :]:
+            await self._cancel(scope, send)
+            return
+        if scope["method"] != "POST":
+            await _plain(
+                send,
+                405,
+                "use POST to queue a call (DELETE /async-function/{call-id} cancels one)",
+                [(b"allow", b"POST, DELETE")],
+            )
+            return
+        found = await self._target(scope, ASYNC_PREFIX, send)
+        if found is None:
+            return
+        _, key, pool, sub = found
+        if pool.spec.runtime not in ASYNC_RUNTIMES:
+            await _plain(send, 400, f"a {pool.spec.runtime} function has no handler to call")
+            return
+        request = await self._request(scope, receive, send, pool, sub)
+        if request is None:
+            return
+        wanted = {k.lower(): v for k, v in request.headers}
+        callback = wanted.get("x-callback-url", "")
+        if callback and not _http_url(callback):
+            await _plain(send, 400, f"X-Callback-Url {callback!r} is not an http(s) URL")
+            return
+        call_id = wanted.get("x-call-id") or new_call_id()
+        message = CallMessage(
+            id=call_id,
+            namespace=key[0],
+            function=key[1],
+            method=request.method,
+            path=request.path,
+            query=request.query,
+            headers=[(k, v) for k, v in request.headers if k.lower() not in _NOT_QUEUED],
+            body=request.body,
+            callback=callback,
+            accepted=time.time(),
+        )
+        try:
+            await self.platform.events.calls.accept(message)
+        except BadCallId as exc:
+            await _plain(send, 400, str(exc))
+            return
+        except Exception as exc:
+            await _plain(
+                send,
+                503,
+                f"call not queued, the bus is unavailable: {exc}",
+                [(b"retry-after", b"1")],
+            )
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 202,
+                "headers": [*TEXT, (b"x-call-id", call_id.encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _cancel(self, scope: Scope, send: Send) -> None:
+        call_id = scope["path"][len(ASYNC_PREFIX) :]
+        principal, _ = self._principal(scope["headers"])
+        if principal is None:
+            await _plain(
+                send,
+                401,
+                "cancelling a call needs a bearer token",
+                [(b"www-authenticate", b"Bearer")],
+            )
+            return
+        visible = None if principal.is_admin else {principal.namespace}
+        try:
+            record = await self.platform.events.calls.cancel(call_id, visible)
+        except CallNotFound:
+            await _plain(send, 404, f"call {call_id!r} not found")
+            return
+        except CallStateConflict as exc:
+            await _plain(send, 409, str(exc))
+            return
+        await _plain(send, 200, f"call {record.id} cancelled")
+
+
+_NOT_QUEUED = {"x-callback-url", "content-length", "host", "connection"}
+
+
+def _http_url(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)

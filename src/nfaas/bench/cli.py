@@ -127,3 +127,55 @@ def nf(
             repeat=1 if quick else 3,
             live=live,
         )
+
+
+@bench_app.command("pubsub")
+def pubsub(
+    workload: str = typer.Option(
+        "both", help="a: seed 001's monitoring experiments; b: seed 000's 800 B topics; both."
+    ),
+    experiments: str | None = typer.Option(
+        None, help='Workload a: concurrent experiments per step (default "1,2,3,4,5,6").'
+    ),
+    topics: str | None = typer.Option(
+        None, help='Workload b: topics per step (default "1,5,10,15,20").'
+    ),
+    seconds: float | None = typer.Option(
+        None, min=1.0, help="Seconds per step and bus (default 10; quick 2)."
+    ),
+    quick: bool = typer.Option(
+        False, "--quick", help="CI-sized smoke run: 1-2 experiments, 1 and 5 topics, 2 s steps."
+    ),
+    url: str | None = typer.Option(
+        None, help="Target a running broker (nats://...) instead of starting nats-server."
+    ),
+    broker_pid: int | None = typer.Option(
+        None, help="PID of the broker at --url, to measure its CPU (when it is local)."
+    ),
+    producers: int = typer.Option(2, min=1, help="Producer processes."),
+    consumers: int = typer.Option(2, min=1, help="Consumer processes."),
+) -> None:
+    """The bus under the sources' monitoring workloads: JetStream vs core NATS, Sangrenel-style
+    batch write latency, I/O message ratio and broker CPU."""
+    from nfaas.bench import pubsub as experiment
+
+    if workload not in ("a", "b", "both"):
+        raise typer.BadParameter("must be a, b or both", param_hint="--workload")
+    try:
+        exp_levels = experiment.parse_levels(experiments, "--experiments") if experiments else None
+        topic_levels = experiment.parse_levels(topics, "--topics") if topics else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if url is not None and not url.startswith(("nats://", "tls://")):
+        raise typer.BadParameter(f"{url!r} is not a nats:// URL", param_hint="--url")
+    experiment.run(
+        workload,
+        experiments=exp_levels,
+        topic_counts=topic_levels,
+        seconds=seconds,
+        quick=quick,
+        url=url,
+        broker_pid=broker_pid,
+        producers=producers,
+        consumers=consumers,
+    )

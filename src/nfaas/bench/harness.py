@@ -48,6 +48,8 @@ class PlatformProcess:
                 str(self.data),
                 "--port",
                 str(self.port),
+                "--mqtt-port",
+                "0",
                 *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,

@@ -85,8 +85,20 @@ def up(
         "--oci-runtime",
         help="OCI runtime for the container tier (runc, crun, runsc, kata-runtime).",
     ),
+    nats: str | None = typer.Option(
+        None,
+        "--nats",
+        envvar="NFAAS_NATS_URL",
+        help="Use this NATS server (with JetStream) instead of starting a local one.",
+    ),
+    mqtt_port: int = typer.Option(
+        1883,
+        "--mqtt-port",
+        envvar="NFAAS_MQTT_PORT",
+        help="MQTT listener of the local nats-server on 127.0.0.1 (0: any free port; -1: none).",
+    ),
 ) -> None:
-    """Run the platform in the foreground: gateway, controller and node agent."""
+    """Run the platform in the foreground: gateway, controller, node agent and event bus."""
     import uvicorn
 
     from nfaas.api.app import create_app
@@ -101,6 +113,8 @@ def up(
                 oci_runtime=oci_runtime,
                 microvm_pool=microvm_pool,
                 guest_kernel=guest_kernel,
+                nats_url=nats,
+                mqtt_port=None if mqtt_port < 0 else mqtt_port,
             )
         )
     except RuntimeError as exc:

@@ -15,12 +15,15 @@ from typing import Any
 from nfaas.control.auth import ALL_NAMESPACES, Principal, TokenStore
 from nfaas.control.autoscaler import Kpa
 from nfaas.control.bundles import BundleError, BundleStore
+from nfaas.control.invoke import invoke_pool
 from nfaas.control.registry import FunctionRecord, Registry
 from nfaas.core.spec import FunctionSpec, SpecError, validate_name, validate_spec
+from nfaas.events.outcome import Outcome
+from nfaas.events.plane import EventPlane, EventsConfig
 from nfaas.node.agent import NodeAgent
 from nfaas.node.coldstart import ColdStart, percentiles
 from nfaas.node.logs import FunctionKey
-from nfaas.sandbox.base import SandboxError
+from nfaas.sandbox.base import Request, SandboxError
 
 log = logging.getLogger("nfaas.control")
 DEFAULT_NAMESPACE = "default"
@@ -51,6 +54,8 @@ class PlatformConfig:
     oci_runtime: str = "runc"
     microvm_pool: int = 1
     guest_kernel: str | None = None
+    nats_url: str | None = None  # None: run and supervise a local nats-server
+    mqtt_port: int | None = 1883  # the local nats-server's MQTT listener; 0: any free port
 
 
 def check_reachable(data_dir: Path) -> None:
@@ -91,6 +96,9 @@ class Platform:
             config.guest_kernel,
         )
         self.scalers: dict[FunctionKey, Kpa] = {}
+        self.events = EventPlane(
+            EventsConfig(config.nats_url, data / "nats", config.mqtt_port), self._invoke
+        )
         self.started_at = time.time()
         self._loop_task: asyncio.Task[None] | None = None
         self.admin_token_path = data / "admin.token"
@@ -99,6 +107,7 @@ class Platform:
     async def start(self) -> None:
         self._ensure_admin_token()
         await self.agent.start()
+        await self.events.start()
         for record in self.registry.list_functions():
             if record.spec.isolation not in self.agent.drivers:
                 log.warning(
@@ -109,13 +118,16 @@ class Platform:
                 )
                 continue
             bundle = await asyncio.to_thread(self.bundles.unpack, record.bundle)
-            await self.agent.deploy((record.namespace, record.spec.name), record.spec, bundle)
-            self.scalers[(record.namespace, record.spec.name)] = self._new_kpa()
+            key = (record.namespace, record.spec.name)
+            await self.agent.deploy(key, record.spec, bundle)
+            self.scalers[key] = self._new_kpa()
+            await self.events.function_deployed(key, record.spec)
         self._loop_task = asyncio.get_running_loop().create_task(self._control_loop())
 
     async def stop(self) -> None:
         if self._loop_task is not None:
             self._loop_task.cancel()
+        await self.events.stop()
         await self.agent.close()
         self.registry.close()
 
@@ -126,6 +138,13 @@ class Platform:
         fd = os.open(self.admin_token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(token + "\n")
+
+    async def _invoke(self, key: FunctionKey, request: Request) -> Outcome:
+        """The event plane's way in: the same pool and statuses as the gateway's."""
+        pool = self.agent.pools.get(key)
+        if pool is None:
+            raise LookupError(f"function {key[1]!r} not found")
+        return await invoke_pool(pool, request, time.monotonic())
 
     def _new_kpa(self) -> Kpa:
         return Kpa(self.config.stable_window, self.config.panic_window)
@@ -215,6 +234,7 @@ class Platform:
         record = self.registry.put_function(ns, spec, bundle)
         await self.agent.deploy((ns, name), spec, code)
         self.scalers.setdefault((ns, name), self._new_kpa())
+        await self.events.function_deployed((ns, name), spec)
         return record
 
     async def remove(self, principal: Principal, name: str, namespace: str | None) -> None:
@@ -222,6 +242,7 @@ class Platform:
         key = (record.namespace, name)
         self.registry.delete_function(*key)
         self.scalers.pop(key, None)
+        await self.events.function_removed(key)
         await self.agent.remove(key)
 
     def list(self, principal: Principal, namespace: str | None) -> list[FunctionRecord]:
@@ -250,6 +271,7 @@ class Platform:
             "cold_starts": [r.to_dict() for r in records[-10:]],
             "cold_start_percentiles_ms": percentiles(records),
             "panicking": bool(kpa and kpa.panicking(time.monotonic())),
+            "events": self.events.describe(key),
             "shell_pool": self.agent.shells[spec_tier].info()
             if (spec_tier := record.spec.isolation) in self.agent.shells
             else None,
@@ -268,6 +290,7 @@ class Platform:
                 for name, driver in self.agent.drivers.items()
             ],
             "unavailable": self.agent.unavailable,
+            "events": self.events.info(),
         }
 
 

@@ -13,11 +13,13 @@ from typing import Any
 
 import msgspec
 
+from nfaas.core.delivery import DEFAULT_RETRY_ON, Queue, Retry
 from nfaas.core.porturl import CAPTURE_KINDS, PortSpecError, parse_port_url
+from nfaas.core.triggers import Trigger, TriggerError, parse_triggers
 from nfaas.core.units import parse_duration, parse_size
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-RUNTIMES = ("python", "nf")
+RUNTIMES = ("python", "nf", "command")
 PORT_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 ISOLATIONS = ("process", "container", "microvm")
 
@@ -67,6 +69,10 @@ class FunctionSpec(msgspec.Struct, frozen=True):
     public: bool = False
     network: str = "none"  # "bridged": a veth on the node's bridge (container tier)
     ports: dict[str, str] = {}  # runtime nf: the graph's port name -> port URL
+    command: tuple[str, ...] = ()  # runtime command: the program and its arguments
+    triggers: tuple[Trigger, ...] = ()
+    retry: Retry = Retry()  # async calls and trigger messages
+    queue: Queue = Queue()
 
 
 def validate_name(name: object, path: tuple[str, ...] = ("name",)) -> str:
@@ -181,6 +187,10 @@ SPEC_KEYS = {
     "public",
     "network",
     "ports",
+    "command",
+    "triggers",
+    "retry",
+    "queue",
 }
 NETWORKS = ("none", "bridged")
 
@@ -215,6 +225,14 @@ def validate_spec(
         raise SpecError(("public",), f"expected true or false, got {public!r}")
     scale = _scale(("scale",), _mapping(("scale",), raw.get("scale", {})))
     ports = _ports(raw.get("ports"), runtime, isolation, scale)
+    command = _command(raw.get("command"), runtime)
+    try:
+        triggers = tuple(parse_triggers(raw.get("triggers")))
+    except TriggerError as exc:
+        path = tuple(p for p in ("triggers", *exc.key.split(".")) if p)
+        raise SpecError(path, exc.message) from None
+    if triggers and runtime != "python":
+        raise SpecError(("triggers",), f"triggers invoke handlers; a {runtime} function has none")
     return FunctionSpec(
         name=name,
         runtime=runtime,
@@ -226,7 +244,71 @@ def validate_spec(
         public=public,
         network=network,
         ports=ports,
+        command=command,
+        triggers=triggers,
+        retry=_retry(("retry",), _mapping(("retry",), raw.get("retry", {}))),
+        queue=_queue(("queue",), _mapping(("queue",), raw.get("queue", {}))),
     )
+
+
+def _command(raw: object, runtime: str) -> tuple[str, ...]:
+    """runtime command: a program and its arguments, as a list (or one string, split)."""
+    if runtime != "command":
+        if raw:
+            raise SpecError(("command",), "command is for runtime: command functions")
+        return ()
+    if isinstance(raw, str):
+        import shlex
+
+        try:
+            raw = shlex.split(raw)
+        except ValueError as exc:
+            raise SpecError(("command",), f"cannot split {raw!r}: {exc}") from None
+    if not isinstance(raw, list) or not raw:
+        raise SpecError(("command",), "runtime command needs command: [program, args...]")
+    for index, arg in enumerate(raw):
+        if isinstance(arg, bool) or not isinstance(arg, str | int | float):
+            raise SpecError(("command", str(index)), f"expected a string, got {arg!r}")
+        if "\0" in str(arg):
+            raise SpecError(("command", str(index)), "arguments cannot contain NUL")
+    if not str(raw[0]):
+        raise SpecError(("command", "0"), "the program name is empty")
+    return tuple(str(arg) for arg in raw)
+
+
+def _retry(path: tuple[str, ...], raw: Mapping[str, Any]) -> Retry:
+    _check_keys(path, raw, set(Retry.__struct_fields__))
+    d = Retry()
+    statuses = raw.get("on_status", list(DEFAULT_RETRY_ON))
+    if not isinstance(statuses, list):
+        raise SpecError((*path, "on_status"), f"expected a list of HTTP statuses, got {statuses!r}")
+    for index, status in enumerate(statuses):
+        _int((*path, "on_status", str(index)), status, 400, 599)
+    backoff = _positive((*path, "backoff"), raw.get("backoff", d.backoff), parse_duration)
+    max_backoff = _positive(
+        (*path, "max_backoff"), raw.get("max_backoff", d.max_backoff), parse_duration
+    )
+    if max_backoff < backoff:
+        raise SpecError((*path, "max_backoff"), f"must be >= backoff ({backoff:g}s)")
+    return Retry(
+        attempts=_int((*path, "attempts"), raw.get("attempts", d.attempts), 1, 100),
+        on_status=tuple(statuses),
+        backoff=backoff,
+        max_backoff=max_backoff,
+        multiplier=_number((*path, "multiplier"), raw.get("multiplier", d.multiplier), 1.0, 10.0),
+        jitter=_number((*path, "jitter"), raw.get("jitter", d.jitter), 0.0, 1.0),
+    )
+
+
+def _number(path: tuple[str, ...], value: object, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+        raise SpecError(path, f"expected a number from {lo:g} to {hi:g}, got {value!r}")
+    return float(value)
+
+
+def _queue(path: tuple[str, ...], raw: Mapping[str, Any]) -> Queue:
+    _check_keys(path, raw, set(Queue.__struct_fields__))
+    return Queue(concurrency=_int((*path, "concurrency"), raw.get("concurrency", 0), 0, 10000))
 
 
 def _ports(raw: object, runtime: str, isolation: str, scale: Scale) -> dict[str, str]:

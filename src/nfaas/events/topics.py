@@ -1,0 +1,234 @@
+"""Topics: named, durable message logs with retention and limits, each a JetStream stream.
+
+A topic's name is a NATS subject without wildcards (``site1.kpi.latency``); publishers send
+to it (or to the subjects it lists) over NATS or MQTT, and the stream keeps the messages under
+the topic's limits. Labels let triggers select topics (``triggers: [{topics: {k: v}}]``),
+including topics created after the function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamInfo
+from nats.js.errors import APIError, NotFoundError
+
+from nfaas.core.subjects import SubjectError, validate_subject
+from nfaas.core.units import parse_duration, parse_size
+from nfaas.events import names
+from nfaas.events.bus import Bus
+
+RETENTIONS = {
+    "limits": RetentionPolicy.LIMITS,
+    "interest": RetentionPolicy.INTEREST,
+    "workqueue": RetentionPolicy.WORK_QUEUE,
+}
+STORAGES = {"file": StorageType.FILE, "memory": StorageType.MEMORY}
+LABEL_PREFIX = "label."
+DEFAULT_MAX_BYTES = 1024**3  # a topic without limits must not fill the node's disk
+
+
+class TopicError(ValueError):
+    """Bad topic settings (400); ``field`` names the offending one."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class TopicNotFound(LookupError):
+    pass
+
+
+class TopicConflict(Exception):
+    pass
+
+
+class Topic(msgspec.Struct):
+    name: str
+    subjects: list[str]
+    retention: str = "limits"
+    storage: str = "file"
+    max_age: float = 0.0  # seconds; 0: unlimited
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_msgs: int = -1
+    max_msg_size: int = -1
+    labels: dict[str, str] = {}
+    description: str = ""
+
+    def stream_config(self) -> StreamConfig:
+        metadata = {names.TOPIC_META_KEY: self.name}
+        metadata.update({LABEL_PREFIX + k: v for k, v in self.labels.items()})
+        return StreamConfig(
+            name=names.topic_stream(self.name),
+            description=self.description or None,
+            subjects=self.subjects,
+            retention=RETENTIONS[self.retention],
+            storage=STORAGES[self.storage],
+            max_age=self.max_age or None,
+            max_bytes=self.max_bytes,
+            max_msgs=self.max_msgs,
+            max_msg_size=self.max_msg_size,
+            discard=DiscardPolicy.OLD,
+            duplicate_window=120.0,
+            metadata=metadata,
+        )
+
+
+def topic_from_request(name: str, raw: Mapping[str, Any]) -> Topic:
+    """Validate a create/update request; TopicError names the field and the rule broken."""
+    try:
+        validate_subject(name, wildcards=False)
+    except SubjectError as exc:
+        raise TopicError("name", str(exc)) from None
+    allowed = set(Topic.__struct_fields__) - {"name"}
+    for key in raw:
+        if key not in allowed:
+            raise TopicError(str(key), f"unknown setting (allowed: {', '.join(sorted(allowed))})")
+    subjects = raw.get("subjects") or [name]
+    if not isinstance(subjects, list) or not all(isinstance(s, str) for s in subjects):
+        raise TopicError("subjects", "expected a list of subjects")
+    for index, subject in enumerate(subjects):
+        try:
+            validate_subject(subject)
+        except SubjectError as exc:
+            raise TopicError(f"subjects.{index}", str(exc)) from None
+    retention = raw.get("retention", "limits")
+    if retention not in RETENTIONS:
+        raise TopicError("retention", f"{retention!r} is not one of {', '.join(RETENTIONS)}")
+    storage = raw.get("storage", "file")
+    if storage not in STORAGES:
+        raise TopicError("storage", f"{storage!r} is not one of {', '.join(STORAGES)}")
+    labels = raw.get("labels", {})
+    if not isinstance(labels, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        raise TopicError("labels", "expected a mapping of strings to strings")
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise TopicError("description", "expected a string")
+    return Topic(
+        name=name,
+        subjects=list(subjects),
+        retention=retention,
+        storage=storage,
+        max_age=_limit("max_age", raw.get("max_age", 0), parse_duration),
+        max_bytes=int(_limit("max_bytes", raw.get("max_bytes", DEFAULT_MAX_BYTES), parse_size)),
+        max_msgs=int(_limit("max_msgs", raw.get("max_msgs", -1), _count)),
+        max_msg_size=int(_limit("max_msg_size", raw.get("max_msg_size", -1), parse_size)),
+        labels=dict(labels),
+        description=description,
+    )
+
+
+def _count(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected an integer, got {value!r}")
+    return float(value)
+
+
+def _limit(field: str, value: object, parse: Any) -> float:
+    if value in (-1, 0, None):
+        return -1 if field != "max_age" else 0.0
+    try:
+        parsed = float(parse(value))
+    except (ValueError, TypeError) as exc:
+        raise TopicError(field, str(exc)) from None
+    if parsed <= 0:
+        raise TopicError(field, f"must be positive (or -1 / 0 for no limit), got {value!r}")
+    return parsed
+
+
+def topic_from_stream(info: StreamInfo) -> Topic | None:
+    config = info.config
+    metadata = config.metadata or {}
+    name = metadata.get(names.TOPIC_META_KEY)
+    if not name:
+        return None
+    retention = {v: k for k, v in RETENTIONS.items()}.get(config.retention, "limits")  # type: ignore[arg-type]
+    storage = {v: k for k, v in STORAGES.items()}.get(config.storage, "file")  # type: ignore[arg-type]
+    return Topic(
+        name=name,
+        subjects=list(config.subjects or []),
+        retention=retention,
+        storage=storage,
+        max_age=config.max_age or 0.0,
+        max_bytes=config.max_bytes if config.max_bytes is not None else -1,
+        max_msgs=config.max_msgs if config.max_msgs is not None else -1,
+        max_msg_size=config.max_msg_size if config.max_msg_size is not None else -1,
+        labels={
+            k[len(LABEL_PREFIX) :]: v for k, v in metadata.items() if k.startswith(LABEL_PREFIX)
+        },
+        description=config.description or "",
+    )
+
+
+def describe(topic: Topic, info: StreamInfo) -> dict[str, Any]:
+    state = info.state
+    out: dict[str, Any] = msgspec.to_builtins(topic)
+    out["stream"] = info.config.name
+    out["state"] = {
+        "messages": state.messages,
+        "bytes": state.bytes,
+        "first_seq": state.first_seq,
+        "last_seq": state.last_seq,
+        "consumers": state.consumer_count,
+    }
+    return out
+
+
+class Topics:
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+
+    async def create(self, topic: Topic) -> dict[str, Any]:
+        js = self.bus.js
+        try:
+            await js.stream_info(names.topic_stream(topic.name))
+            raise TopicConflict(f"topic {topic.name!r} already exists")
+        except NotFoundError:
+            pass
+        try:
+            info = await js.add_stream(topic.stream_config())
+        except APIError as exc:
+            raise _conflict_or_bad(exc) from None
+        return describe(topic, info)
+
+    async def update(self, topic: Topic) -> dict[str, Any]:
+        await self.get(topic.name)
+        try:
+            info = await self.bus.js.update_stream(topic.stream_config())
+        except APIError as exc:
+            raise _conflict_or_bad(exc) from None
+        return describe(topic, info)
+
+    async def get(self, name: str) -> dict[str, Any]:
+        try:
+            info = await self.bus.js.stream_info(names.topic_stream(name))
+        except NotFoundError:
+            raise TopicNotFound(f"topic {name!r} not found") from None
+        topic = topic_from_stream(info)
+        if topic is None:
+            raise TopicNotFound(f"topic {name!r} not found")
+        return describe(topic, info)
+
+    async def list(self) -> list[dict[str, Any]]:
+        out = []
+        for info in await self.bus.js.streams_info():
+            topic = topic_from_stream(info)
+            if topic is not None:
+                out.append(describe(topic, info))
+        return sorted(out, key=lambda t: str(t["name"]))
+
+    async def delete(self, name: str) -> None:
+        await self.get(name)
+        await self.bus.js.delete_stream(names.topic_stream(name))
+
+
+def _conflict_or_bad(exc: APIError) -> Exception:
+    text = exc.description or str(exc)
+    if "overlap" in text:
+        return TopicConflict(f"its subjects overlap another stream's: {text}")
+    return TopicError("topic", text)
