@@ -60,6 +60,7 @@ class TopicSettings(BaseModel):
     max_age: str | float | None = Field(None, description="e.g. 24h; 0: unlimited")
     max_bytes: str | int | None = Field(None, description="e.g. 1Gi; -1: unlimited")
     max_msgs: int | None = None
+    max_msgs_per_subject: int | None = None
     max_msg_size: str | int | None = None
     labels: dict[str, str] | None = None
     description: str | None = None
@@ -345,6 +346,29 @@ def create_app(platform: Platform) -> Any:
         updated = await platform.events.topics.update(topic_from_request(name, body.settings()))
         await platform.events.router.refresh()
         return updated
+
+    @api.post("/system/topics/{name}/messages", status_code=201)
+    async def publish_to_topic(
+        name: str,
+        request: Request,
+        subject: str | None = None,
+        _: Principal = Depends(principal),
+    ) -> JSONResponse:
+        """Publish the request body; ``X-Msg-Id`` makes a re-sent message count once."""
+        data = await request.body()
+        msg_id = request.headers.get("x-msg-id")
+        stored = await platform.events.topics.publish(name, data, subject, msg_id)
+        return JSONResponse(stored, status_code=201)
+
+    @api.get("/system/topics/{name}/messages")
+    async def read_topic(
+        name: str,
+        subject: str | None = None,
+        start_seq: int = Query(1, ge=1),
+        limit: int = Query(100, ge=1, le=1000),
+        _: Principal = Depends(principal),
+    ) -> list[dict[str, Any]]:
+        return await platform.events.topics.read(name, subject, start_seq, limit)
 
     @api.delete("/system/topics/{name}", status_code=204)
     async def delete_topic(name: str, _: Principal = Depends(principal)) -> Response:

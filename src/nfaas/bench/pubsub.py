@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from nfaas.bench.pubsub_load import (
+    BIN_S,
     ConsumerSpec,
     ProducerSpec,
     TopicLoad,
@@ -53,6 +54,7 @@ from nfaas.bench.pubsub_load import (
     due_messages,
     producer_main,
     split_round_robin,
+    window_sum,
 )
 from nfaas.bench.report import RESULTS, markdown, print_table, save, summary
 
@@ -350,11 +352,12 @@ def _spawn(step: Step, jetstream: bool, url: str, settings: Settings, token: str
             index,
             tuple(t.subject for t in group),
             tuple(t.stream for t in group) if jetstream else None,
+            seconds=settings.seconds,
             deliver_prefix=f"_PSB.{token}.dlv",
         )
         process = ctx.Process(
             target=consumer_main,
-            args=(spec, procs.results, procs.stop, procs.counts),
+            args=(spec, procs.results, procs.stop, procs.counts, procs.start_at),
             name=f"pubsub-consumer-{index}",
             daemon=True,
         )
@@ -448,7 +451,6 @@ async def run_step(
         first = sample_cpu(pids)
         await asyncio.sleep(max(0.0, start + settings.seconds - time.monotonic()))
         last = sample_cpu(pids)
-        delivered_at_end = procs.delivered()
 
         reports = [
             payload
@@ -470,7 +472,7 @@ async def run_step(
             procs.end()
         await _delete_streams(js, streams)
         await nc.close()
-    return step_row(step, mode, settings, reports, consumed, delivered_at_end, first, last)
+    return step_row(step, mode, settings, reports, consumed, first, last)
 
 
 async def _drain(procs: _Processes, acked: int, settings: Settings) -> None:
@@ -495,7 +497,6 @@ def step_row(
     settings: Settings,
     producers: Sequence[dict[str, Any]],
     consumers: Sequence[dict[str, Any]],
-    delivered_at_end: int,
     first: CpuSample,
     last: CpuSample,
 ) -> dict[str, Any]:
@@ -509,13 +510,14 @@ def step_row(
 
     sent, acked = total("sent"), total("acked")
     delivered = int(sum(c["delivered"] for c in consumers))
-    window_acked = total("window_acked")
-    # each producer's window runs from its last tick before the warm-up ended
-    spans = [settings.seconds - r["window_from"] for r in producers]
-    achieved_rate = sum(r["window_acked"] / s for r, s in zip(producers, spans, strict=True))
-    achieved_mbps = (
-        sum(r["window_acked_bytes"] / s for r, s in zip(producers, spans, strict=True)) * 8 / 1e6
-    )
+    acked_bins = merge_timelines([r["acked_timeline"] for r in producers])
+    delivered_bins = merge_timelines([c["delivered_timeline"] for c in consumers])
+    warmup, seconds = settings.warmup, settings.seconds
+    acked_window = window_sum(acked_bins["msgs"], warmup, seconds)
+    delivered_window = window_sum(delivered_bins["msgs"], warmup, seconds)
+    achieved_mbps = window_sum(acked_bins["bytes"], warmup, seconds) * 8 / window / 1e6
+    delivered_mbps = window_sum(delivered_bins["bytes"], warmup, seconds) * 8 / window / 1e6
+    offered_window = offered_between(loads, warmup, seconds)
     latencies = [value for r in producers for value in r["latencies"]]
     cpu = cpu_between(first, last)
     per = cpu["processes"]
@@ -533,24 +535,33 @@ def step_row(
             "mbps": round(step.offered_mbps, 3),
         },
         "window_s": window,
-        "achieved": {
-            "msgs_per_s": round(achieved_rate, 1),
+        "achieved": {  # acknowledged by the broker in the window
+            "msgs_per_s": round(acked_window / window, 1),
             "mbps": round(achieved_mbps, 3),
-            "of_offered": _round(ratio(window_acked, total("window_due"))),
+            "of_offered": _round(ratio(acked_window, offered_window)),
+        },
+        "delivered": {  # received by the consumers in the window
+            "msgs_per_s": round(delivered_window / window, 1),
+            "mbps": round(delivered_mbps, 3),
         },
         "messages": {
             "offered": offered_total,
             "sent": sent,
             "acked": acked,
             "delivered": delivered,
-            "delivered_at_window_end": delivered_at_end,
+            "delivered_at_window_end": window_sum(delivered_bins["msgs"], 0.0, seconds),
             "skipped": total("skipped"),
             "errors": total("errors"),
             "timeouts": total("timeouts"),
             "late_ticks": total("late_ticks"),
         },
-        "io_ratio": _round(ratio(delivered, acked)),
-        "delivered_of_offered": _round(ratio(delivered, offered_total)),
+        "io_ratio": _round(ratio(delivered_window, acked_window)),
+        "io_ratio_after_drain": _round(ratio(delivered, acked)),
+        "delivered_of_offered": _round(ratio(delivered_window, offered_window)),
+        "per_second": {  # acknowledged and delivered messages, second by second
+            "acked": per_second(acked_bins["msgs"]),
+            "delivered": per_second(delivered_bins["msgs"]),
+        },
         "latency_ms": latency_ms(latencies),
         "cpu": {
             "broker_pct": broker_pct,
@@ -569,6 +580,24 @@ def step_row(
     }
     row["limited_by"] = limited_by(row)
     return row
+
+
+def merge_timelines(timelines: Sequence[dict[str, list[int]]]) -> dict[str, list[int]]:
+    """The bin-by-bin sum of several processes' timelines."""
+    merged: dict[str, list[int]] = {"msgs": [], "bytes": []}
+    for timeline in timelines:
+        for key, bins in merged.items():
+            theirs = timeline[key]
+            if len(theirs) > len(bins):
+                bins.extend([0] * (len(theirs) - len(bins)))
+            for i, value in enumerate(theirs):
+                bins[i] += value
+    return merged
+
+
+def per_second(bins: Sequence[int]) -> list[int]:
+    step = round(1.0 / BIN_S)
+    return [sum(bins[i : i + step]) for i in range(0, len(bins), step)]
 
 
 def _round(value: float | None, digits: int = 5) -> float | None:
@@ -836,38 +865,31 @@ def plot(results: dict[str, Any], path: Path) -> None:
     rows = results["rows"]
     xlabel = "concurrent experiments" if results["workload"] == "a" else "topics"
     fig, (cpu, lat, io) = plt.subplots(1, 3, figsize=(14, 4))
-    for mode, style in zip(MODES, ("o-", "s--"), strict=True):
+    for mode, color, marker in (("jetstream", "C0", "o"), ("core", "C2", "s")):
         mine = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["level"])
         if not mine:
             continue
         x = [r["level"] for r in mine]
-        label = "JetStream (file)" if mode == "jetstream" else "core NATS (baseline)"
-        cpu.plot(x, [r["cpu"]["broker_pct"] or 0 for r in mine], style, label=f"broker, {label}")
-        cpu.plot(
-            x,
-            [r["cpu"]["generator_pct"] for r in mine],
-            style,
-            alpha=0.4,
-            label=f"generator, {label}",
+        bus = "JetStream (file)" if mode == "jetstream" else "core NATS (baseline)"
+        main = {"color": color, "marker": marker, "linestyle": "-"}
+        second = {"color": color, "marker": marker, "linestyle": ":", "alpha": 0.5}
+        cpu.plot(x, [r["cpu"]["broker_pct"] or 0 for r in mine], **main, label=f"broker, {bus}")
+        cpu.plot(x, [r["cpu"]["generator_pct"] for r in mine], **second, label=f"generator, {bus}")
+        lat.plot(
+            x, [r["latency_ms"].get("p50", math.nan) for r in mine], **main, label=f"p50, {bus}"
         )
         lat.plot(
-            x, [r["latency_ms"].get("p50", math.nan) for r in mine], style, label=f"p50, {label}"
+            x, [r["latency_ms"].get("p99", math.nan) for r in mine], **second, label=f"p99, {bus}"
         )
-        lat.plot(
-            x,
-            [r["latency_ms"].get("p99", math.nan) for r in mine],
-            style,
-            alpha=0.4,
-            label=f"p99, {label}",
-        )
-        io.plot(x, [r["io_ratio"] or 0 for r in mine], style, label=f"I/O ratio, {label}")
+        io.plot(x, [r["io_ratio"] or 0 for r in mine], **main, label=f"I/O ratio, {bus}")
         io.plot(
             x,
             [r["achieved"]["of_offered"] or 0 for r in mine],
-            style,
-            alpha=0.4,
-            label=f"achieved/offered, {label}",
+            **second,
+            label=f"achieved/offered, {bus}",
         )
+    for axis in (cpu, lat, io):
+        axis.xaxis.get_major_locator().set_params(integer=True)
     cpu.set(xlabel=xlabel, ylabel="% of one core", title="CPU")
     lat.set(xlabel=xlabel, ylabel="ms", yscale="log", title="Batch write latency")
     io.axhline(RATIO_FLOOR, color="grey", linewidth=0.8, linestyle=":")

@@ -30,8 +30,37 @@ from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 
-#: the first bytes of a JetStream error answer to a publish (a PubAck starts {"stream":...)
+#: what marks a JetStream error answer to a publish (a PubAck is {"stream":..,"seq":..})
 _ERROR_MARK = b'"error"'
+BIN_S = 0.010  # time resolution of the acknowledged / delivered counts
+
+
+class Timeline:
+    """Messages and bytes counted in 10 ms bins from the step's start, so that the parent
+    can count acknowledgements and deliveries over exactly the same window."""
+
+    def __init__(self, seconds: float) -> None:
+        self.start = math.inf  # nothing is counted before the start is known
+        size = math.ceil(seconds / BIN_S) + 1
+        self.msgs = [0] * size
+        self.nbytes = [0] * size
+
+    def add(self, now: float, msgs: int, nbytes: int) -> None:
+        index = max(0, int((now - self.start) / BIN_S)) if now >= self.start else 0
+        if index >= len(self.msgs):
+            grow = index + 1 - len(self.msgs)
+            self.msgs += [0] * grow
+            self.nbytes += [0] * grow
+        self.msgs[index] += msgs
+        self.nbytes[index] += nbytes
+
+    def as_dict(self) -> dict[str, list[int]]:
+        return {"msgs": self.msgs, "bytes": self.nbytes}
+
+
+def window_sum(bins: list[int], start: float, end: float) -> int:
+    """What `bins` (of `BIN_S`) counted from `start` to `end` seconds after the step's start."""
+    return sum(bins[round(start / BIN_S) : round(end / BIN_S)])
 
 
 @dataclass(frozen=True)
@@ -78,6 +107,7 @@ class ConsumerSpec:
     index: int
     subjects: tuple[str, ...]
     streams: tuple[str, ...] | None  # JetStream: the stream of each subject; None: core NATS
+    seconds: float = 10.0
     deliver_prefix: str = "_PSB.dlv"
 
 
@@ -105,7 +135,7 @@ class _Batch:
 
 @dataclass
 class ProducerReport:
-    """What one producer did in a step (counts over the whole step unless `window_`)."""
+    """What one producer did in a step (counts over the whole step)."""
 
     index: int
     sent: int = 0
@@ -116,12 +146,9 @@ class ProducerReport:
     timeouts: int = 0  # no PubAck (or PONG) within the ack timeout
     skipped: int = 0  # due but not sent: too many unacknowledged, or too far behind
     late_ticks: int = 0  # ticks that started more than one tick late
-    window_from: float = 0.0  # the schedule time the window's first batch starts from
-    window_due: int = 0  # messages the schedule made due in the window's batches
-    window_acked: int = 0  # messages of batches started in the window, acknowledged
-    window_acked_bytes: int = 0
     latencies: list[float] = field(default_factory=list)  # seconds, batches in the window
     error_samples: list[str] = field(default_factory=list)
+    acked_timeline: dict[str, list[int]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -137,6 +164,8 @@ class _Producer:
         self.outstanding_bytes = 0
         self.flushes: set[asyncio.Task[None]] = set()
         self.payloads = {size: os.urandom(size) for size in {t.size for t in spec.topics}}
+        self.sizes = [t.size for t in spec.topics]
+        self.timeline = Timeline(spec.seconds + spec.ack_timeout)
 
     def _error(self, text: str, count: int = 1) -> None:
         self.report.errors += count
@@ -151,16 +180,14 @@ class _Producer:
         report.acked += batch.acked
         if batch.acked == batch.count:
             report.acked_bytes += batch.nbytes
-        if batch.in_window:
-            report.window_acked += batch.acked
-            if batch.acked == batch.count:  # a batch with errors has no write latency
-                report.window_acked_bytes += batch.nbytes
-                report.latencies.append(now - batch.start)
+        if batch.in_window and batch.acked == batch.count:  # with errors: no write latency
+            report.latencies.append(now - batch.start)
 
     async def on_ack(self, msg: Any) -> None:
         """A PubAck (or an error answer) for one message of a batch."""
         now = time.monotonic()
-        batch_id = int(msg.subject.rsplit(".", 1)[1])
+        _, batch_token, topic_token = msg.subject.rsplit(".", 2)
+        batch_id = int(batch_token)
         batch = self.outstanding.get(batch_id)
         if batch is None:  # already timed out
             return
@@ -170,6 +197,7 @@ class _Producer:
             self._error(data.decode(errors="replace") or f"no stream for {msg.subject}")
         else:
             batch.acked += 1
+            self.timeline.add(now, 1, self.sizes[int(topic_token)])
         if batch.acked + batch.errors == batch.count:
             self._finish(batch_id, batch, now)
 
@@ -185,8 +213,10 @@ class _Producer:
             return
         batch = self.outstanding.get(batch_id)
         if batch is not None:
+            now = time.monotonic()
             batch.acked = batch.count
-            self._finish(batch_id, batch, time.monotonic())
+            self.timeline.add(now, batch.count, batch.nbytes)
+            self._finish(batch_id, batch, now)
 
     def _expire(self, batch_id: int, batch: _Batch) -> None:
         del self.outstanding[batch_id]
@@ -207,9 +237,6 @@ class _Producer:
         spec, report, nc = self.spec, self.report, self.nc
         start = time.monotonic()
         in_window = spec.warmup <= elapsed
-        if not in_window:
-            report.window_from = elapsed  # the window's messages are those due after this
-        reply = f"{spec.inbox}.{batch_id}" if spec.jetstream else ""
         batch = _Batch(start, 0, 0, in_window)
         self.outstanding[batch_id] = batch
         for i, topic in enumerate(spec.topics):
@@ -218,8 +245,6 @@ class _Producer:
             if n <= 0:
                 continue
             scheduled[i] = due
-            if in_window:
-                report.window_due += n
             behind = n - max(1, math.ceil(topic.rate * spec.max_backlog))
             if behind > 0:  # the producer fell behind: those are lost to the offered load
                 report.skipped += behind
@@ -233,6 +258,8 @@ class _Producer:
                 continue
             payload = self.payloads[size]
             subject = topic.subject
+            # PubAcks come back to <inbox>.<batch>.<topic>: the batch and the message size
+            reply = f"{spec.inbox}.{batch_id}.{i}" if spec.jetstream else ""
             for _ in range(n):
                 try:
                     await nc.publish(subject, payload, reply=reply)
@@ -257,6 +284,7 @@ class _Producer:
     async def run(self, start_at: float) -> ProducerReport:
         spec = self.spec
         scheduled = [0] * len(spec.topics)
+        self.timeline.start = start_at
         await asyncio.sleep(max(0.0, start_at - time.monotonic()))
         tick = 0
         while True:
@@ -274,6 +302,7 @@ class _Producer:
         while self.outstanding and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
         self.expire_old(math.inf)
+        self.report.acked_timeline = self.timeline.as_dict()
         return self.report
 
 
@@ -305,7 +334,10 @@ async def _produce(spec: ProducerSpec, ready: QueueLike, start_at: Any) -> Produ
         producer = _Producer(spec, nc)
         if spec.jetstream:
             await nc.subscribe(
-                f"{spec.inbox}.*", cb=producer.on_ack, pending_msgs_limit=0, pending_bytes_limit=0
+                f"{spec.inbox}.*.*",
+                cb=producer.on_ack,
+                pending_msgs_limit=0,
+                pending_bytes_limit=0,
             )
         await nc.flush()
         ready.put(("ready", "producer", spec.index, None))
@@ -326,18 +358,21 @@ def producer_main(spec: ProducerSpec, results: QueueLike, start_at: Any) -> None
 
 
 async def _consume(
-    spec: ConsumerSpec, ready: QueueLike, stop: EventLike, counts: CounterArray
+    spec: ConsumerSpec, ready: QueueLike, stop: EventLike, counts: CounterArray, start_at: Any
 ) -> dict[str, Any]:
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
     nc = await _connect(spec.url)
     delivered = 0
     delivered_bytes = 0
+    timeline = Timeline(spec.seconds)
 
     async def on_message(msg: Any) -> None:
         nonlocal delivered, delivered_bytes
+        size = len(msg.data)
         delivered += 1
-        delivered_bytes += len(msg.data)
+        delivered_bytes += size
+        timeline.add(time.monotonic(), 1, size)
 
     try:
         if spec.streams is not None:
@@ -369,20 +404,27 @@ async def _consume(
         await nc.flush()
         ready.put(("ready", "consumer", spec.index, None))
         while not stop.is_set():
+            if start_at.value > 0:
+                timeline.start = start_at.value
             counts[spec.index] = delivered
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.005)
         counts[spec.index] = delivered
-        return {"index": spec.index, "delivered": delivered, "delivered_bytes": delivered_bytes}
+        return {
+            "index": spec.index,
+            "delivered": delivered,
+            "delivered_bytes": delivered_bytes,
+            "delivered_timeline": timeline.as_dict(),
+        }
     finally:
         await nc.close()
 
 
 def consumer_main(
-    spec: ConsumerSpec, results: QueueLike, stop: EventLike, counts: CounterArray
+    spec: ConsumerSpec, results: QueueLike, stop: EventLike, counts: CounterArray, start_at: Any
 ) -> None:
     """Process entry point: read until `stop`, put ("report", "consumer", i, dict)."""
     try:
-        report = asyncio.run(_consume(spec, results, stop, counts))
+        report = asyncio.run(_consume(spec, results, stop, counts, start_at))
         results.put(("report", "consumer", spec.index, report))
     except BaseException:
         results.put(("error", "consumer", spec.index, traceback.format_exc()))
@@ -395,12 +437,15 @@ def split_round_robin(items: Sequence[T], parts: int) -> list[list[T]]:
 
 
 __all__ = [
+    "BIN_S",
     "ConsumerSpec",
     "ProducerReport",
     "ProducerSpec",
+    "Timeline",
     "TopicLoad",
     "consumer_main",
     "due_messages",
     "producer_main",
     "split_round_robin",
+    "window_sum",
 ]

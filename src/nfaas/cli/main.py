@@ -10,14 +10,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from nfaas.cli.calls import calls_app
 from nfaas.cli.client import DEFAULT_DATA, ApiError, Client
+from nfaas.cli.common import JSON_OPT, NS_OPT, call, client, emit_json, err, fail, out
+from nfaas.cli.topics import topic_app
 from nfaas.core.bundle import pack
 from nfaas.core.manifest import ManifestError, load_manifest
 from nfaas.core.spec import spec_to_dict
@@ -30,31 +32,8 @@ token_app = typer.Typer(
     help="Create, list and revoke API tokens (admin only).", no_args_is_help=True
 )
 app.add_typer(token_app, name="token")
-out = Console()
-err = Console(stderr=True)
-
-JSON_OPT = typer.Option(False, "--json", help="Print JSON for scripts.")
-NS_OPT = typer.Option(None, "--namespace", "-n", help="Namespace (defaults to the token's).")
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
-    raise typer.Exit(code)
-
-
-def client() -> Client:
-    return Client()
-
-
-def call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    try:
-        return fn(*args, **kwargs)
-    except ApiError as exc:
-        fail(exc.message if exc.status == 0 else f"{exc.message} (HTTP {exc.status})")
-
-
-def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+app.add_typer(calls_app, name="calls")
+app.add_typer(topic_app, name="topic")
 
 
 @app.command()

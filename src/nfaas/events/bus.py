@@ -114,7 +114,7 @@ class Bus:
     async def close(self) -> None:
         self._closing = True
         if self.nc is not None and not self.nc.is_closed:
-            await self.nc.drain()
+            await self.nc.close()
 
     def info(self) -> dict[str, object]:
         nc = self.nc

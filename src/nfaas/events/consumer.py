@@ -46,17 +46,22 @@ class Slots:
         self.busy = 0
         self._changed = asyncio.Condition()
 
-    async def take(self, most: int) -> int:
-        """Wait for at least one free slot; take up to ``most``."""
+    @property
+    def free(self) -> int:
+        return max(0, self.limit - self.busy)
+
+    async def wait_free(self) -> None:
         async with self._changed:
             await self._changed.wait_for(lambda: self.busy < self.limit)
-            taken = min(most, self.limit - self.busy)
-            self.busy += taken
-            return taken
 
-    async def give(self, count: int = 1) -> None:
+    async def take(self) -> None:
         async with self._changed:
-            self.busy -= count
+            await self._changed.wait_for(lambda: self.busy < self.limit)
+            self.busy += 1
+
+    async def give(self) -> None:
+        async with self._changed:
+            self.busy -= 1
             self._changed.notify_all()
 
 
@@ -146,18 +151,14 @@ class ConsumerLoop:
             self.error = f"cannot create consumer: {exc}"
 
     async def _pull(self, sub: object) -> None:
+        # Fetch only when a slot is free, and no more than the free slots: the rest wait in
+        # the stream, where other loops of the same function can still get at them.
         batch = self.spec.batch_size
         while True:
-            taken = await self.slots.take(64 if batch == 1 else 1)
-            try:
-                msgs = await self._fetch(sub, taken * batch)
-            except BaseException:
-                await self.slots.give(taken)
-                raise
-            groups = [msgs[i : i + batch] for i in range(0, len(msgs), batch)]
-            if len(groups) < taken:
-                await self.slots.give(taken - len(groups))
-            for group in groups:
+            await self.slots.wait_free()
+            msgs = await self._fetch(sub, min(max(self.slots.free, 1) * batch, 256))
+            for i in range(0, len(msgs), batch):
+                group = msgs[i : i + batch]
                 self.delivered += len(group)
                 task = asyncio.get_running_loop().create_task(self._deliver(group))
                 self._running.add(task)
@@ -190,12 +191,16 @@ class ConsumerLoop:
         return got
 
     async def _deliver(self, msgs: list[Msg]) -> None:
+        # another loop of this function may have filled the slots since the fetch: wait,
+        # telling the server the messages are in hand meanwhile
+        async with in_progress(msgs):
+            await self.slots.take()
         try:
             await self.handler(msgs)
         except Exception as exc:
             log.warning("delivery on %s failed: %s", self.spec.durable, exc)
         finally:
-            await self.slots.give(1)
+            await self.slots.give()
 
 
 @contextlib.asynccontextmanager

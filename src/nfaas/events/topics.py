@@ -8,14 +8,22 @@ including topics created after the function.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from typing import Any
 
 import msgspec
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamInfo
+from nats.js.api import (
+    DiscardPolicy,
+    RawStreamMsg,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    StreamInfo,
+)
 from nats.js.errors import APIError, NotFoundError
 
-from nfaas.core.subjects import SubjectError, validate_subject
+from nfaas.core.subjects import SubjectError, subject_matches, validate_subject
 from nfaas.core.units import parse_duration, parse_size
 from nfaas.events import names
 from nfaas.events.bus import Bus
@@ -54,6 +62,7 @@ class Topic(msgspec.Struct):
     max_age: float = 0.0  # seconds; 0: unlimited
     max_bytes: int = DEFAULT_MAX_BYTES
     max_msgs: int = -1
+    max_msgs_per_subject: int = -1  # 1: a subject keeps only its latest message (a record)
     max_msg_size: int = -1
     labels: dict[str, str] = {}
     description: str = ""
@@ -70,6 +79,7 @@ class Topic(msgspec.Struct):
             max_age=self.max_age or None,
             max_bytes=self.max_bytes,
             max_msgs=self.max_msgs,
+            max_msgs_per_subject=self.max_msgs_per_subject,
             max_msg_size=self.max_msg_size,
             discard=DiscardPolicy.OLD,
             duplicate_window=120.0,
@@ -117,6 +127,9 @@ def topic_from_request(name: str, raw: Mapping[str, Any]) -> Topic:
         max_age=_limit("max_age", raw.get("max_age", 0), parse_duration),
         max_bytes=int(_limit("max_bytes", raw.get("max_bytes", DEFAULT_MAX_BYTES), parse_size)),
         max_msgs=int(_limit("max_msgs", raw.get("max_msgs", -1), _count)),
+        max_msgs_per_subject=int(
+            _limit("max_msgs_per_subject", raw.get("max_msgs_per_subject", -1), _count)
+        ),
         max_msg_size=int(_limit("max_msg_size", raw.get("max_msg_size", -1), parse_size)),
         labels=dict(labels),
         description=description,
@@ -157,6 +170,7 @@ def topic_from_stream(info: StreamInfo) -> Topic | None:
         max_age=config.max_age or 0.0,
         max_bytes=config.max_bytes if config.max_bytes is not None else -1,
         max_msgs=config.max_msgs if config.max_msgs is not None else -1,
+        max_msgs_per_subject=config.max_msgs_per_subject,
         max_msg_size=config.max_msg_size if config.max_msg_size is not None else -1,
         labels={
             k[len(LABEL_PREFIX) :]: v for k, v in metadata.items() if k.startswith(LABEL_PREFIX)
@@ -222,9 +236,71 @@ class Topics:
                 out.append(describe(topic, info))
         return sorted(out, key=lambda t: str(t["name"]))
 
+    async def publish(
+        self, name: str, data: bytes, subject: str | None = None, msg_id: str | None = None
+    ) -> dict[str, Any]:
+        """Publish over HTTP (for clients without NATS or MQTT): stored when this returns."""
+        topic = await self._topic(name)
+        subject = subject or name
+        try:
+            validate_subject(subject, wildcards=False)
+        except SubjectError as exc:
+            raise TopicError("subject", str(exc)) from None
+        if not any(subject_matches(pattern, subject) for pattern in topic.subjects):
+            raise TopicError(
+                "subject", f"{subject!r} is not one of topic {name!r}'s subjects {topic.subjects}"
+            )
+        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+        ack = await self.bus.js.publish(subject, data, headers=headers)
+        return {"topic": name, "subject": subject, "seq": ack.seq, "duplicate": bool(ack.duplicate)}
+
+    async def read(
+        self, name: str, subject: str | None = None, start_seq: int = 1, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Stored messages from ``start_seq`` on (only ``subject``'s, if given), oldest first."""
+        await self._topic(name)
+        stream = names.topic_stream(name)
+        out: list[dict[str, Any]] = []
+        seq = max(1, start_seq)
+        while len(out) < limit:
+            try:
+                raw = await self.bus.js.get_msg(stream, seq=seq, subject=subject or ">", next=True)
+            except NotFoundError:
+                break
+            assert raw.seq is not None
+            out.append(message_json(raw))
+            seq = raw.seq + 1
+        return out
+
+    async def _topic(self, name: str) -> Topic:
+        try:
+            info = await self.bus.js.stream_info(names.topic_stream(name))
+        except NotFoundError:
+            raise TopicNotFound(f"topic {name!r} not found") from None
+        topic = topic_from_stream(info)
+        if topic is None:
+            raise TopicNotFound(f"topic {name!r} not found")
+        return topic
+
     async def delete(self, name: str) -> None:
         await self.get(name)
         await self.bus.js.delete_stream(names.topic_stream(name))
+
+
+def message_json(raw: RawStreamMsg) -> dict[str, Any]:
+    data = raw.data or b""
+    try:
+        body: dict[str, Any] = {"data": data.decode("utf-8"), "encoding": "utf-8"}
+    except UnicodeDecodeError:
+        body = {"data": base64.b64encode(data).decode(), "encoding": "base64"}
+    headers = {k: v for k, v in (raw.headers or {}).items() if not k.startswith("Nats-")}
+    return {
+        "seq": raw.seq,
+        "subject": raw.subject,
+        "time": raw.time.isoformat() if raw.time else None,
+        **body,
+        "headers": headers,
+    }
 
 
 def _conflict_or_bad(exc: APIError) -> Exception:

@@ -103,6 +103,8 @@ class InstanceStats:
 class Instance(abc.ABC):
     id: str
     pid: int
+    program_pid: int = 0  # runtime command: the program's pid on the node (the worker's child)
+    address: str = ""  # network: bridged: the instance's own address on the node's bridge
 
     @abc.abstractmethod
     async def invoke(self, request: Request, timeout: float) -> Response: ...

@@ -57,6 +57,7 @@ class ContainerInstance(StreamInstance):
         super().__init__(shell.id, shell.pid, stream)
         self._shell = shell
         self._memory = memory
+        self.address = str(shell.address) if shell.address is not None else ""
 
     def death_reason(self, reason: str) -> str:
         if self._shell.cgroup.oom_kills() > self._shell.oom_baseline:
@@ -221,8 +222,25 @@ class ContainerShell(StreamShell):
             bundle=Path(bundle.archive).read_bytes(),
             extra_env=extra_env,
         )
-        await self.finish_load(stream, load, timings, LOAD_TIMEOUT, ports)
-        return ContainerInstance(self, stream, limits.memory)
+        loaded = await self.finish_load(stream, load, timings, LOAD_TIMEOUT, ports)
+        instance = ContainerInstance(self, stream, limits.memory)
+        if loaded.pid:
+            instance.program_pid = self.host_pid(loaded.pid)
+        return instance
+
+    def host_pid(self, inner: int) -> int:
+        """The node's pid of the container's process ``inner`` (a pid in its own namespace)."""
+        for pid in self.cgroup.pids():
+            try:
+                with open(f"/proc/{pid}/status") as status:
+                    for line in status:
+                        if line.startswith("NSpid:"):
+                            if int(line.split()[-1]) == inner:
+                                return pid
+                            break
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+        return 0
 
     async def _attach_network(self) -> IPv4Address:
         bridge = await self.driver.bridge()

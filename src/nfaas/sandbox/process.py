@@ -119,8 +119,10 @@ class ProcessShell(StreamShell):
             rlimits=rlimits_for(spec),
             deps_dir=bundle.deps_dir,
         )
-        await self.finish_load(stream, load, timings, LOAD_TIMEOUT, ports)
-        return ProcessInstance(self.id, self.pid, stream, self.workdir)
+        loaded = await self.finish_load(stream, load, timings, LOAD_TIMEOUT, ports)
+        instance = ProcessInstance(self.id, self.pid, stream, self.workdir)
+        instance.program_pid = loaded.pid  # the same PID namespace as the node's
+        return instance
 
     async def discard(self) -> None:
         with contextlib.suppress(ProcessLookupError):

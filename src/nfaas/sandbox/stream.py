@@ -10,7 +10,15 @@ from collections.abc import Callable
 from typing import Any
 
 from nfaas.sandbox.base import WorkerDied
-from nfaas.worker.protocol import Attach, FrameBuffer, Message, ProtocolError, Report, encode
+from nfaas.worker.protocol import (
+    Attach,
+    Exited,
+    FrameBuffer,
+    Message,
+    ProtocolError,
+    Report,
+    encode,
+)
 
 
 class WorkerStream(asyncio.Protocol):
@@ -24,6 +32,7 @@ class WorkerStream(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self.closed = False
         self.on_report: Callable[[Any], None] | None = None  # an NF instance's counters
+        self.exit_reason = ""  # a command instance's last word: how its program ended
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -40,12 +49,15 @@ class WorkerStream(asyncio.Protocol):
                 if self.on_report is not None:
                     self.on_report(msg)
                 continue
+            if isinstance(msg, Exited):
+                self.exit_reason = msg.reason
+                continue
             fut = pending.pop(msg.id, None)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._fail("worker closed its stream")
+        self._fail(self.exit_reason or "worker closed its stream")
 
     def _fail(self, reason: str) -> None:
         if self.closed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +25,11 @@ from nfaas.sandbox.base import (
 )
 from nfaas.sandbox.stream import WorkerStream
 from nfaas.worker.protocol import Error, Invoke, Load, Loaded, Message, PortBinding, Result
+
+
+# runtime command: programs are found in the system's directories, then in the platform's
+# virtualenv (which the container tier binds read-only), e.g. the nats-server it ships.
+COMMAND_PATH = f"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{sys.prefix}/bin"
 
 
 def rlimits_for(
@@ -148,7 +154,7 @@ class StreamShell(Shell):
         self._hooks = hooks
         stream.on_report = hooks.on_report
         env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "PATH": COMMAND_PATH if spec.runtime == "command" else "/usr/local/bin:/usr/bin:/bin",
             "HOME": workdir,
             "LANG": "C.UTF-8",
             **spec.env,
@@ -174,6 +180,7 @@ class StreamShell(Shell):
             deps=deps,
             runtime=spec.runtime,
             ports=[PortBinding(claim.name, claim.url, claim.info) for claim in ports],
+            command=list(spec.command),
         )
         return stream, load
 
@@ -184,9 +191,9 @@ class StreamShell(Shell):
         timings: LoadTimings,
         timeout: float,
         ports: Sequence[PortClaim] = (),
-    ) -> None:
-        """Send the port descriptors (if any) and the load frame, and wait for the worker;
-        on failure the shell is discarded."""
+    ) -> Loaded:
+        """Send the port descriptors (if any) and the load frame, and wait for the worker's
+        answer; on failure the shell is discarded."""
         try:
             if ports:
                 stream.attach([fd for claim in ports for fd in claim.fds])
@@ -198,3 +205,4 @@ class StreamShell(Shell):
         if not isinstance(reply, Loaded) or not reply.ok:
             await self.discard()
             raise LoadFailed(reply.error if isinstance(reply, Loaded) else "unexpected reply")
+        return reply

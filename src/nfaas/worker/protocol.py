@@ -55,6 +55,7 @@ class Load(msgspec.Struct, tag="load", array_like=True):
     deps: bytes = b""  # installed requirements (a zip), unpacked into ``deps_dir`` likewise
     runtime: str = "python"
     ports: list[PortBinding] = []  # runtime nf: bound in order to the attached descriptors
+    command: list[str] = []  # runtime command: the program and its arguments
 
 
 class Loaded(msgspec.Struct, tag="loaded", array_like=True):
@@ -65,6 +66,7 @@ class Loaded(msgspec.Struct, tag="loaded", array_like=True):
     import_seconds: float = (
         0.0  # of load_seconds: importing the handler, after the code was in place
     )
+    pid: int = 0  # runtime command: the program's pid, in the worker's PID namespace
 
 
 class Invoke(msgspec.Struct, tag="invoke", array_like=True):
@@ -101,6 +103,15 @@ class Report(msgspec.Struct, tag="report", array_like=True):
     rx_packets: int
 
 
+class Exited(msgspec.Struct, tag="exited", array_like=True):
+    """Unsolicited, from a command instance whose program ended, just before the worker exits:
+    ``status`` as ``os.waitstatus_to_exitcode`` gives it (negative: killed by that signal)."""
+
+    id: int
+    status: int
+    reason: str
+
+
 class Ping(msgspec.Struct, tag="ping", array_like=True):
     id: int
 
@@ -109,7 +120,7 @@ class Pong(msgspec.Struct, tag="pong", array_like=True):
     id: int
 
 
-Message = Load | Loaded | Invoke | Result | Error | Ping | Pong | Attach | Report
+Message = Load | Loaded | Invoke | Result | Error | Ping | Pong | Attach | Report | Exited
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)

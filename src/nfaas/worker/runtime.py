@@ -26,6 +26,7 @@ from nfaas.worker.handler_io import Context, make_event, to_response
 from nfaas.worker.protocol import (
     Attach,
     Error,
+    Exited,
     FrameBuffer,
     Invoke,
     Load,
@@ -123,6 +124,7 @@ class Worker:
         self.pool: ThreadPoolExecutor | None = None
         self.fds: list[int] = []  # descriptors attached for the next Load's ports
         self.nf: Any = None  # the NfRunner of a runtime nf instance
+        self.program: Any = None  # the Program of a runtime command instance
 
     def send(self, message: Message) -> None:
         data = encode(message)
@@ -143,6 +145,8 @@ class Worker:
             os.environ.update(msg.env)
             self.context = Context(msg.function_name, msg.namespace, msg.instance_id, dict(msg.env))
             importing = time.perf_counter()
+            if msg.runtime == "command":
+                return self.load_command(msg, started)
             if msg.runtime == "nf":
                 self.load_nf(msg)
             else:
@@ -156,6 +160,26 @@ class Worker:
             threading.stack_size(THREAD_STACK)
             self.pool = ThreadPoolExecutor(max_workers=msg.concurrency)
         return Loaded(msg.id, True, "", time.perf_counter() - started, imported)
+
+    def load_command(self, msg: Load, started: float) -> Loaded:
+        """Start the function's program in its code directory (a bundle may carry its config)."""
+        from nfaas.worker.command import Program, ProgramError
+
+        spawning = time.perf_counter()
+        try:
+            self.program = Program(msg.command, msg.code_dir, msg.env, msg.rlimits.get("memory", 0))
+        except ProgramError as exc:
+            print(f"[nfaas] {exc}", file=sys.stderr, flush=True)
+            return Loaded(msg.id, False, str(exc))
+        now = time.perf_counter()
+        return Loaded(msg.id, True, "", now - started, now - spawning, self.program.pid)
+
+    def program_exited(self, status: int, words: str) -> None:
+        """The program ended: say how, and end the instance with it."""
+        print(f"[nfaas] program {words}", file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError):
+            self.send(Exited(0, status, f"program {words}"))
+        os._exit(0)
 
     def load_nf(self, msg: Load) -> None:
         """Import the handler, build its graph, attach the ports, start the packet loop."""
@@ -204,6 +228,8 @@ class Worker:
                 self.invoke(msg)
         elif isinstance(msg, Load):
             self.send(self.load(msg))
+            if self.program is not None:  # watched only now: Loaded goes before any Exited
+                self.program.watch(self.program_exited)
         elif isinstance(msg, Ping):
             self.send(Pong(msg.id))
         elif isinstance(msg, Attach):

@@ -37,6 +37,7 @@ import msgspec
 from nfaas.worker import runtime
 
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 MAX_COMMAND = 65536
 _libc = ctypes.CDLL(None, use_errno=True)
 _encoder = msgspec.msgpack.Encoder()
@@ -102,6 +103,9 @@ def reap(control: socket.socket) -> None:
 
 def main(control_fd: int) -> None:
     die_with_parent()
+    # Orphans of instances (a command function's program whose worker was killed) come here
+    # and are reaped below, rather than becoming zombies of the platform process.
+    _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     control = socket.socket(fileno=control_fd)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
