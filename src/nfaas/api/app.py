@@ -326,7 +326,7 @@ def create_app(platform: Platform) -> Any:
 
     @api.get("/system/topics")
     async def list_topics(_: Principal = Depends(principal)) -> list[dict[str, Any]]:
-        return await platform.events.topics.list()
+        return await platform.events.topics.all()
 
     @api.post("/system/topics", status_code=201)
     async def create_topic(body: TopicBody, _: Principal = Depends(principal)) -> JSONResponse:

@@ -229,8 +229,15 @@ def invoke(
     method: str = typer.Option("POST", "--method", "-X"),
     namespace: str | None = NS_OPT,
     query: str = typer.Option("", "--query", help="Query string, e.g. a=1&b=2."),
+    asynchronous: bool = typer.Option(
+        False, "--async", help="Queue the call (durably); prints its call id."
+    ),
+    callback: str | None = typer.Option(
+        None, "--callback", help="With --async: POST the result to this URL (X-Callback-Url)."
+    ),
 ) -> None:
-    """Invoke a function: stdin is the request body, the response body goes to stdout."""
+    """Invoke a function: stdin is the request body, the response body goes to stdout
+    (with --async: the call id; follow it with `nfaas calls show ID`)."""
     headers = {}
     for item in header:
         key, sep, value = item.partition("=")
@@ -239,17 +246,25 @@ def invoke(
         headers[key] = value
     body = b"" if sys.stdin.isatty() else sys.stdin.buffer.read()
     target = f"{name}.{namespace}" if namespace else name
+    if callback and not asynchronous:
+        fail("--callback needs --async")
+    if callback:
+        headers["X-Callback-Url"] = callback
+    path = f"/async-function/{target}" if asynchronous else f"/function/{target}"
     api = client()
     try:
         response = api.http.request(
-            method.upper(),
-            f"/function/{target}",
+            "POST" if asynchronous else method.upper(),
+            path,
             content=body,
             headers=headers,
             params=query or None,
         )
     except Exception as exc:
         fail(f"cannot reach the platform at {api.url}: {exc}")
+    if asynchronous and response.status_code == 202:
+        sys.stdout.write(response.headers["x-call-id"] + "\n")
+        return
     sys.stdout.buffer.write(response.content)
     sys.stdout.flush()
     if response.status_code >= 400:

@@ -23,7 +23,12 @@ from nats.js.api import (
 )
 from nats.js.errors import APIError, NotFoundError
 
-from nfaas.core.subjects import SubjectError, subject_matches, validate_subject
+from nfaas.core.subjects import (
+    SubjectError,
+    subject_matches,
+    subjects_overlap,
+    validate_subject,
+)
 from nfaas.core.units import parse_duration, parse_size
 from nfaas.events import names
 from nfaas.events.bus import Bus
@@ -143,13 +148,16 @@ def _count(value: object) -> float:
 
 
 def _limit(field: str, value: object, parse: Any) -> float:
-    if value in (-1, 0, None):
-        return -1 if field != "max_age" else 0.0
+    unlimited = 0.0 if field == "max_age" else -1
+    if value in (-1, 0, None, "-1"):
+        return unlimited
     try:
         parsed = float(parse(value))
     except (ValueError, TypeError) as exc:
         raise TopicError(field, str(exc)) from None
-    if parsed <= 0:
+    if parsed == 0:  # "0", "0s", "0B": as 0, no limit
+        return unlimited
+    if parsed < 0:
         raise TopicError(field, f"must be positive (or -1 / 0 for no limit), got {value!r}")
     return parsed
 
@@ -207,7 +215,7 @@ class Topics:
         try:
             info = await js.add_stream(topic.stream_config())
         except APIError as exc:
-            raise _conflict_or_bad(exc) from None
+            raise await self._conflict_or_bad(topic, exc) from None
         return describe(topic, info)
 
     async def update(self, topic: Topic) -> dict[str, Any]:
@@ -215,7 +223,7 @@ class Topics:
         try:
             info = await self.bus.js.update_stream(topic.stream_config())
         except APIError as exc:
-            raise _conflict_or_bad(exc) from None
+            raise await self._conflict_or_bad(topic, exc) from None
         return describe(topic, info)
 
     async def get(self, name: str) -> dict[str, Any]:
@@ -228,7 +236,7 @@ class Topics:
             raise TopicNotFound(f"topic {name!r} not found")
         return describe(topic, info)
 
-    async def list(self) -> list[dict[str, Any]]:
+    async def all(self) -> list[dict[str, Any]]:
         out = []
         for info in await self.bus.js.streams_info():
             topic = topic_from_stream(info)
@@ -282,6 +290,33 @@ class Topics:
             raise TopicNotFound(f"topic {name!r} not found")
         return topic
 
+    async def _conflict_or_bad(self, topic: Topic, exc: APIError) -> Exception:
+        text = exc.description or str(exc)
+        if "overlap" not in text:
+            return TopicError("topic", text)
+        # name who holds the subjects, so that the user knows what to change
+        holders = []
+        for info in await self.bus.js.streams_info():
+            config = info.config
+            if config.name == names.topic_stream(topic.name):
+                continue
+            theirs = [
+                s
+                for s in config.subjects or []
+                if any(subjects_overlap(s, mine) for mine in topic.subjects)
+            ]
+            if not theirs:
+                continue
+            other = topic_from_stream(info)
+            if other is not None:
+                holders.append(f"topic {other.name!r} ({', '.join(theirs)})")
+            elif config.name == names.EVENTS_STREAM:
+                holders.append(f"the subjects function triggers listen on ({', '.join(theirs)})")
+            else:
+                holders.append(f"stream {config.name} ({', '.join(theirs)})")
+        where = "; ".join(holders) or "another stream's"
+        return TopicConflict(f"topic {topic.name!r}: its subjects overlap {where}")
+
     async def delete(self, name: str) -> None:
         await self.get(name)
         await self.bus.js.delete_stream(names.topic_stream(name))
@@ -301,10 +336,3 @@ def message_json(raw: RawStreamMsg) -> dict[str, Any]:
         **body,
         "headers": headers,
     }
-
-
-def _conflict_or_bad(exc: APIError) -> Exception:
-    text = exc.description or str(exc)
-    if "overlap" in text:
-        return TopicConflict(f"its subjects overlap another stream's: {text}")
-    return TopicError("topic", text)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from nfaas.core.spec import FunctionSpec
 from nfaas.node.coldstart import ColdStart
+from nfaas.node.command_pool import CommandPool
 from nfaas.node.logs import FunctionKey, LogBook
 from nfaas.node.nf_pool import NfPool
 from nfaas.node.pool import FunctionPool
@@ -19,6 +20,7 @@ from nfaas.sandbox.microvm import MicroVmDriver
 from nfaas.sandbox.process import ProcessDriver
 
 log = logging.getLogger("nfaas.node")
+POOL_KINDS: dict[str, type[FunctionPool]] = {"nf": NfPool, "command": CommandPool}
 
 
 class UnknownFunction(KeyError):
@@ -74,7 +76,7 @@ class NodeAgent:
 
     async def deploy(self, key: FunctionKey, spec: FunctionSpec, bundle: CodeBundle) -> None:
         pool = self.pools.get(key)
-        kind = NfPool if spec.runtime == "nf" else FunctionPool
+        kind = POOL_KINDS.get(spec.runtime, FunctionPool)
         if pool is not None and type(pool) is kind:
             await pool.update(spec, bundle)
             return
@@ -85,7 +87,9 @@ class NodeAgent:
             captures = self.data_dir / "captures" / key[0]
             self.pools[key] = NfPool(*args, self.queue_limit, capture_dir=captures)
         else:
-            self.pools[key] = FunctionPool(*args, self.queue_limit)
+            self.pools[key] = kind(*args, self.queue_limit)
+        if kind is CommandPool:
+            self.pools[key].maintain()  # a service starts at deploy, not at a first request
 
     def pool(self, key: FunctionKey) -> FunctionPool:
         pool = self.pools.get(key)

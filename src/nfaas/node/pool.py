@@ -95,6 +95,8 @@ class FunctionPool:
         self.invocations = 0
         self.closed = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._cleanups: set[asyncio.Task[None]] = set()  # stopping instances that died
+        self._gone_early: dict[str, str] = {}  # instance id -> why it went while loading
 
     # -- routing -------------------------------------------------------------------------
     @property
@@ -242,6 +244,7 @@ class FunctionPool:
         except Exception as exc:
             self.shells.refill()
             self.starting -= 1
+            self._gone_early.pop(record.instance_id, None)
             record.error = str(exc)
             self._note_failure(str(exc), isinstance(exc, LoadFailed))
             self.records.append(record)
@@ -249,13 +252,20 @@ class FunctionPool:
         self.starting -= 1
         slot = Slot(instance=instance, started=time.monotonic(), record=record)
         holder.append(slot)
-        if self.closed or spec is not self.spec or not instance.alive:
+        gone = self._gone_early.pop(shell.id, "")
+        if self.closed or spec is not self.spec:
             self.shells.refill()
             await instance.stop()
             self._wake_waiters_after_loss()
             return
         record.ready = time.monotonic()
         self.slots.insert(0, slot)
+        if not instance.alive:  # died as soon as it had loaded: as if just after
+            self.shells.refill()
+            record.error = gone or "instance exited as it started"
+            self.records.append(record)
+            self._on_exit(holder, record.error)
+            return
         self._on_ready(slot)
         self._hand_over(slot)
         if trigger != "request" or not slot.inflight:
@@ -263,10 +273,13 @@ class FunctionPool:
 
     def _hooks(self, instance_id: str, holder: list[Slot]) -> InstanceHooks:
         """How the instance reports back; ``holder`` gets its slot once it has one."""
-        return InstanceHooks(
-            on_log=lambda text: self._log(instance_id, text),
-            on_exit=lambda reason: self._on_exit(holder, reason),
-        )
+
+        def on_exit(reason: str) -> None:
+            if not holder:  # still loading: ``_start`` takes it from here
+                self._gone_early[instance_id] = reason
+            self._on_exit(holder, reason)
+
+        return InstanceHooks(on_log=lambda text: self._log(instance_id, text), on_exit=on_exit)
 
     async def _load(
         self,
@@ -285,15 +298,20 @@ class FunctionPool:
         """Called on every control-loop tick; pools with standing work override it."""
 
     def _note_failure(self, error: str, is_load_error: bool) -> None:
+        backoff = self._back_off(error, is_load_error)
+        self._log(
+            "-", f"[nfaas] instance failed to start ({error}); next attempt in {backoff:.1f}s"
+        )
+        self._fail_waiters()
+
+    def _back_off(self, error: str, is_load_error: bool) -> float:
+        """Count a failure and hold new instances back: 0.5 s, doubling to MAX_BACKOFF."""
         self.failures += 1
         self.last_error = error
         self.last_error_is_load = is_load_error
         backoff = min(MAX_BACKOFF, 0.5 * 2 ** (self.failures - 1))
         self.retry_at = time.monotonic() + backoff
-        self._log(
-            "-", f"[nfaas] instance failed to start ({error}); next attempt in {backoff:.1f}s"
-        )
-        self._fail_waiters()
+        return backoff
 
     def _fail_waiters(self) -> None:
         if self.slots or self.starting:
@@ -317,9 +335,17 @@ class FunctionPool:
         if slot not in self.slots:
             return
         self.slots.remove(slot)
+        self._clean_up(slot.instance)
         if slot.served == 0 and slot.inflight == 0:  # died before it was given any work
             self._note_failure(f"instance died before serving: {reason}", False)
         self._wake_waiters_after_loss()
+
+    def _clean_up(self, instance: Instance) -> None:
+        """Stop an instance that died by itself: what it held (its workdir, a container's
+        cgroup, veth and address, its uid) is released only by ``stop``."""
+        task = asyncio.get_running_loop().create_task(instance.stop())
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
 
     async def _retire(self, slot: Slot) -> None:
         if slot in self.slots:
@@ -386,6 +412,8 @@ class FunctionPool:
             waiter = self.waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(WorkerDied("function was removed"))
+        if self._cleanups:
+            await asyncio.gather(*list(self._cleanups), return_exceptions=True)
 
     def describe(self) -> dict[str, object]:
         now = time.monotonic()
@@ -405,8 +433,7 @@ class FunctionPool:
             "instances": [self._describe_slot(s, now) for s in self.slots],
         }
 
-    @staticmethod
-    def _describe_slot(slot: Slot, now: float) -> dict[str, object]:
+    def _describe_slot(self, slot: Slot, now: float) -> dict[str, object]:
         stats = slot.instance.stats()
         return {
             "id": slot.instance.id,

@@ -26,7 +26,6 @@ from nfaas.sandbox.base import (
 from nfaas.sandbox.stream import WorkerStream
 from nfaas.worker.protocol import Error, Invoke, Load, Loaded, Message, PortBinding, Result
 
-
 # runtime command: programs are found in the system's directories, then in the platform's
 # virtualenv (which the container tier binds read-only), e.g. the nats-server it ships.
 COMMAND_PATH = f"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{sys.prefix}/bin"
