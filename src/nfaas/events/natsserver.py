@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -84,6 +85,15 @@ class NatsServerConfig:
         return "\n".join(lines) + "\n"
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
+
+
+def _terminate_with_parent() -> None:
+    # nfaas killed with -9 takes its nats-server down gracefully (SIGTERM flushes the store)
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
 def _quoted(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -124,8 +134,15 @@ class NatsServer:
         path.write_text(self.config.render(self.port, self.monitor_port))
         return path
 
-    def spawn(self, timeout: float = 15.0) -> None:
-        """Start the process and wait until JetStream answers its health check."""
+    @property
+    def pid_file(self) -> Path:
+        return self.config.store_dir / "nats-server.pid"
+
+    def launch(self) -> None:
+        """Start the process (from the event loop's thread: the parent-death signal is tied
+        to the thread that forks). A server left running by an nfaas that was killed is
+        stopped first: it holds the store and would refuse to share it."""
+        self.stop_stale()
         conf = self._config_file()
         log_file = open(self.config.store_dir / "nats-server.log", "ab")  # noqa: SIM115
         try:
@@ -135,9 +152,34 @@ class NatsServer:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a ^C to nfaas is handled by nfaas, not passed on
+                preexec_fn=_terminate_with_parent,
             )
         finally:
             log_file.close()
+        self.pid_file.write_text(f"{self.process.pid}\n")
+
+    def stop_stale(self) -> None:
+        """SIGTERM the server a previous nfaas started on this store, if it still runs."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return
+        if not cmdline or not cmdline[0].endswith(b"nats-server"):
+            return  # the pid was reused by something else: not ours to stop
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
+
+    def spawn(self, timeout: float = 15.0) -> None:
+        """Start the process and wait until JetStream answers its health check."""
+        self.launch()
         self._wait_healthy(timeout)
 
     def _wait_healthy(self, timeout: float) -> None:
@@ -162,7 +204,8 @@ class NatsServer:
             time.sleep(0.02)
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.spawn)
+        self.launch()
+        await asyncio.to_thread(self._wait_healthy, 15.0)
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
 
     async def _supervise(self) -> None:
@@ -176,7 +219,8 @@ class NatsServer:
             log.warning("nats-server exited with %s; restarting in %.1fs", code, delay)
             await asyncio.sleep(delay)
             try:
-                await asyncio.to_thread(self.spawn)
+                self.launch()
+                await asyncio.to_thread(self._wait_healthy, 15.0)
                 self.restarts += 1
                 delay = 0.1
             except NatsServerError as exc:
