@@ -181,9 +181,15 @@ def test_targets_and_saturation_points() -> None:
     ]
     result = targets(rows)
     assert result["one_experiment"]["io_ratio_met"] and result["one_experiment"]["p50_met"]
+    assert result["saturation_a"]["ratio_below_floor_at"] == 3
+    assert result["saturation_a"]["held_up_to"] == 2
     assert result["saturation_a"]["io_ratio_below_floor_at"] == 3
     assert result["saturation_a"]["achieved_of_offered_below_floor_at"] == 3
     assert result["saturation_b"]["io_ratio_below_floor_at"] is None
+    assert result["saturation_b"]["held_up_to"] == 1
+    # acknowledgements that fall behind the offered rate count as saturation too
+    lagging = targets([_row("b", 1, 1.0, 1.0), _row("b", 5, 1.02, 0.95)])["saturation_b"]
+    assert lagging["ratio_below_floor_at"] == 5 and lagging["io_ratio_below_floor_at"] is None
     slow = targets([_row("a", 1, 0.998, 1.0, p50=3.5)])["one_experiment"]
     assert not slow["io_ratio_met"] and not slow["p50_met"]
 
@@ -242,6 +248,7 @@ def test_tiny_workload_counts_add_up(tiny_rows: dict[str, dict[str, Any]], mode:
     assert messages["sent"] > 0
     assert messages["sent"] + messages["skipped"] == TINY_MESSAGES
     assert messages["errors"] == messages["timeouts"] == 0
+    assert messages["producer_disconnects"] == messages["consumer_disconnects"] == 0
     assert messages["acked"] == messages["sent"]
     assert messages["delivered"] == messages["acked"]  # nothing lost, nothing twice
     assert row["io_ratio_after_drain"] == 1.0

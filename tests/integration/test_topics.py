@@ -226,7 +226,7 @@ def test_malformed_topic_name_is_400_naming_the_rule(
 @pytest.mark.parametrize(
     ("settings", "field", "fragment"),
     [
-        ({"subjects": ["x.a..b"]}, "subjects.0", "token 2 is empty"),
+        ({"subjects": ["x.a..b"]}, "subjects.0", "token 3 is empty"),
         ({"subjects": ["ok.a", "nfaas.x"]}, "subjects.1", "reserved"),
         ({"subjects": ["x.>.y"]}, "subjects.0", "'>' may only be the last token"),
         ({"retention": "forever"}, "retention", "not one of limits, interest, workqueue"),
@@ -400,3 +400,53 @@ def test_max_msgs_drops_the_oldest(platform: Platform, unique_name) -> None:
         what="the topic to hold 3 messages",
     )
     assert (state["first_seq"], state["last_seq"]) == (3, 5)
+
+
+def test_storage_the_node_cannot_set_aside_is_400_on_max_bytes(
+    platform: Platform, unique_name
+) -> None:
+    # JetStream reserves a stream's max_bytes when it is made; no test machine has 100Ti
+    name = topic_name(unique_name)
+    answer = platform.request("POST", "/system/topics", json={"name": name, "max_bytes": "100Ti"})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["field"] == "max_bytes"
+    assert "insufficient storage resources" in answer.json()["error"]
+    assert "reserves its max_bytes" in answer.json()["error"]
+    assert platform.get(f"/system/topics/{name}").status_code == 404
+
+
+def test_settings_jetstream_cannot_change_are_400_naming_them(
+    platform: Platform, unique_name
+) -> None:
+    name = topic_name(unique_name)
+    create(platform, name, storage="memory")
+    answer = platform.request("PUT", f"/system/topics/{name}", json={"storage": "file"})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["field"] == "storage"
+    answer = platform.request(
+        "PUT", f"/system/topics/{name}", json={"storage": "memory", "retention": "workqueue"}
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["field"] == "retention"
+
+
+def test_read_with_a_malformed_subject_is_400(platform: Platform, unique_name) -> None:
+    name = topic_name(unique_name)
+    create(platform, name)
+    answer = platform.get(f"/system/topics/{name}/messages", params={"subject": f"{name}..x"})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["field"] == "subject"
+    assert "is empty" in answer.json()["error"]
+
+
+def test_listing_pages_past_256_streams(platform: Platform, unique_name) -> None:
+    # the server lists streams 256 at a time; every topic must still be listed
+    group = unique_name("page").replace("-", "")
+    for index in range(260):
+        create(platform, f"{group}.t{index}", storage="memory", max_bytes="64Ki")
+    try:
+        listed = [t for t in platform.get("/system/topics").json() if t["name"].startswith(group)]
+        assert len(listed) == 260
+    finally:
+        for index in range(260):
+            platform.request("DELETE", f"/system/topics/{group}.t{index}")

@@ -247,7 +247,7 @@ class Gateway:
             {
                 "type": "http.response.start",
                 "status": 202,
-                "headers": [*TEXT, (b"x-call-id", call_id.encode())],
+                "headers": [*TEXT, (b"content-length", b"0"), (b"x-call-id", call_id.encode())],
             }
         )
         await send({"type": "http.response.body", "body": b""})

@@ -38,6 +38,12 @@ class PlatformProcess:
         self.http: httpx.Client | None = None
 
     def __enter__(self) -> PlatformProcess:
+        self.launch()
+        return self
+
+    def launch(self) -> None:
+        """Start ``nfaas up`` (again, after ``kill9``: same data directory and port)."""
+        self.log = open(f"{self.data}.log", "ab")  # noqa: SIM115 - closed at exit
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -53,7 +59,7 @@ class PlatformProcess:
                 *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=self.log,  # a pipe nobody reads would stall the platform once full
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -68,7 +74,16 @@ class PlatformProcess:
         self.http = httpx.Client(
             base_url=self.url, headers={"authorization": f"Bearer {token}"}, timeout=120
         )
-        return self
+
+    def kill9(self) -> None:
+        """SIGKILL the platform, as a crash would (its nats-server follows it)."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.proc = None
+        if self.http is not None:
+            self.http.close()
+            self.http = None
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -82,6 +97,7 @@ class PlatformProcess:
             except subprocess.TimeoutExpired:
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        self.log.close()
         shutil.rmtree(self.data, ignore_errors=True)
 
     @property

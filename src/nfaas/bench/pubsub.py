@@ -353,7 +353,6 @@ def _spawn(step: Step, jetstream: bool, url: str, settings: Settings, token: str
             tuple(t.subject for t in group),
             tuple(t.stream for t in group) if jetstream else None,
             seconds=settings.seconds,
-            deliver_prefix=f"_PSB.{token}.dlv",
         )
         process = ctx.Process(
             target=consumer_main,
@@ -554,9 +553,13 @@ def step_row(
             "errors": total("errors"),
             "timeouts": total("timeouts"),
             "late_ticks": total("late_ticks"),
+            "producer_disconnects": total("disconnects"),
+            "consumer_disconnects": int(sum(c["disconnects"] for c in consumers)),
         },
+        # delivered / acknowledged over the window (above 1 when acknowledgements lag)
         "io_ratio": _round(ratio(delivered_window, acked_window)),
-        "io_ratio_after_drain": _round(ratio(delivered, acked)),
+        "io_ratio_after_drain": _round(ratio(delivered, acked)),  # loss: what never arrived
+        # the sources' I/O message ratio: received throughput / publication rate
         "delivered_of_offered": _round(ratio(delivered_window, offered_window)),
         "per_second": {  # acknowledged and delivered messages, second by second
             "acked": per_second(acked_bins["msgs"]),
@@ -608,10 +611,7 @@ def limited_by(row: dict[str, Any]) -> str:
     """What most likely held a step back: nothing, the generator, the CPUs, or the broker."""
     messages = row["messages"]
     kept_up = (
-        (row["achieved"]["of_offered"] or 0) >= RATIO_FLOOR
-        and (row["io_ratio"] or 0) >= RATIO_FLOOR
-        and messages["errors"] == 0
-        and messages["timeouts"] == 0
+        worst_ratio(row) >= RATIO_FLOOR and messages["errors"] == 0 and messages["timeouts"] == 0
     )
     if kept_up:
         return "-"
@@ -624,6 +624,12 @@ def limited_by(row: dict[str, Any]) -> str:
     return "broker"
 
 
+def worst_ratio(row: dict[str, Any]) -> float:
+    """The lowest of delivered/acknowledged, delivered/offered and acknowledged/offered."""
+    values = (row["io_ratio"], row["delivered_of_offered"], row["achieved"]["of_offered"])
+    return min((v if v is not None else 0.0) for v in values)
+
+
 def targets(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The issue's targets and the saturation points, from JetStream rows."""
     out: dict[str, Any] = {}
@@ -631,11 +637,12 @@ def targets(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     one = js_a.get(1)
     if one is not None:
         p50 = one["latency_ms"].get("p50")
-        io = one["io_ratio"]
+        io, seed_io = one["io_ratio"], one["delivered_of_offered"]
         out["one_experiment"] = {
             "io_ratio": io,
+            "delivered_of_offered": seed_io,
             "io_ratio_target": TARGET_RATIO,
-            "io_ratio_met": io is not None and io >= TARGET_RATIO,
+            "io_ratio_met": min(io or 0.0, seed_io or 0.0) >= TARGET_RATIO,
             "p50_ms": p50,
             "p50_target_ms": TARGET_P50_MS,
             "p50_met": p50 is not None and p50 <= TARGET_P50_MS,
@@ -648,7 +655,11 @@ def targets(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         )
         if not levels:
             continue
+        below = _first_below(levels, worst_ratio)
+        held = [r["level"] for r in levels if below is None or r["level"] < below]
         out[f"saturation_{workload}"] = {
+            "ratio_below_floor_at": below,
+            "held_up_to": max(held) if held else None,
             "io_ratio_below_floor_at": _first_below(levels, lambda r: r["io_ratio"]),
             "delivered_of_offered_below_floor_at": _first_below(
                 levels, lambda r: r["delivered_of_offered"]
@@ -681,7 +692,8 @@ def step_table(rows: Sequence[dict[str, Any]], workload: str) -> tuple[list[str]
         "offered Mb/s",
         "bus",
         "achieved msg/s (of offered)",
-        "I/O ratio",
+        "delivered / acked",
+        "delivered / offered",
         "batch write p50 / p99 ms",
         "errors + timeouts",
         "broker CPU %",
@@ -704,6 +716,7 @@ def step_table(rows: Sequence[dict[str, Any]], workload: str) -> tuple[list[str]
                 row["mode"],
                 f"{row['achieved']['msgs_per_s']:,.0f} ({_fmt(row['achieved']['of_offered'], 4)})",
                 _fmt(row["io_ratio"], 4),
+                _fmt(row["delivered_of_offered"], 4),
                 f"{_fmt(lat.get('p50'), 2)} / {_fmt(lat.get('p99'), 2)}",
                 str(messages["errors"] + messages["timeouts"]),
                 _fmt(cpu["broker_pct"]),
@@ -864,7 +877,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     rows = results["rows"]
     xlabel = "concurrent experiments" if results["workload"] == "a" else "topics"
-    fig, (cpu, lat, io) = plt.subplots(1, 3, figsize=(14, 4))
+    fig, (cpu, lat, io, pub) = plt.subplots(1, 4, figsize=(18, 4))
     for mode, color, marker in (("jetstream", "C0", "o"), ("core", "C2", "s")):
         mine = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["level"])
         if not mine:
@@ -881,20 +894,23 @@ def plot(results: dict[str, Any], path: Path) -> None:
         lat.plot(
             x, [r["latency_ms"].get("p99", math.nan) for r in mine], **second, label=f"p99, {bus}"
         )
-        io.plot(x, [r["io_ratio"] or 0 for r in mine], **main, label=f"I/O ratio, {bus}")
         io.plot(
             x,
-            [r["achieved"]["of_offered"] or 0 for r in mine],
-            **second,
-            label=f"achieved/offered, {bus}",
+            [r["delivered_of_offered"] or 0 for r in mine],
+            **main,
+            label=f"delivered/offered, {bus}",
         )
-    for axis in (cpu, lat, io):
+        io.plot(x, [r["io_ratio"] or 0 for r in mine], **second, label=f"delivered/acked, {bus}")
+        pub.plot(x, [r["achieved"]["of_offered"] or 0 for r in mine], **main, label=bus)
+    for axis in (cpu, lat, io, pub):
         axis.xaxis.get_major_locator().set_params(integer=True)
     cpu.set(xlabel=xlabel, ylabel="% of one core", title="CPU")
     lat.set(xlabel=xlabel, ylabel="ms", yscale="log", title="Batch write latency")
-    io.axhline(RATIO_FLOOR, color="grey", linewidth=0.8, linestyle=":")
-    io.set(xlabel=xlabel, ylabel="ratio", title="I/O message ratio")
-    for axis in (cpu, lat, io):
+    for axis in (io, pub):
+        axis.axhline(RATIO_FLOOR, color="grey", linewidth=0.8, linestyle=":")
+    io.set(xlabel=xlabel, ylabel="ratio", title="I/O message ratio (window)")
+    pub.set(xlabel=xlabel, ylabel="ratio", title="Acknowledged / offered publish rate")
+    for axis in (cpu, lat, io, pub):
         axis.legend(fontsize="x-small")
     fig.suptitle(results["description"])
     fig.tight_layout()

@@ -10,8 +10,9 @@ connection, so that Python's one-core-per-process limit applies to each separate
   latency is the time from the batch's first send to its last PubAck. Through core NATS (the
   baseline: nothing is stored) a batch ends with a PING and its latency is the PONG.
 - A **consumer** reads every message of its topics: from JetStream, one push consumer per
-  stream (no acks) delivering to the consumer's own subjects; through core NATS, one
-  subscription per topic. It publishes its running count in a shared array so that the parent
+  stream (no acks, flow control); through core NATS, one subscription per topic. It counts
+  deliveries in 10 ms bins, as producers count acknowledgements, so that the parent compares
+  both over the same window; and keeps a running total in a shared array so that the parent
   can tell when deliveries have stopped arriving.
 
 Both report their counts to the parent through a queue at the end.
@@ -108,7 +109,6 @@ class ConsumerSpec:
     subjects: tuple[str, ...]
     streams: tuple[str, ...] | None  # JetStream: the stream of each subject; None: core NATS
     seconds: float = 10.0
-    deliver_prefix: str = "_PSB.dlv"
 
 
 class EventLike(Protocol):
@@ -146,6 +146,7 @@ class ProducerReport:
     timeouts: int = 0  # no PubAck (or PONG) within the ack timeout
     skipped: int = 0  # due but not sent: too many unacknowledged, or too far behind
     late_ticks: int = 0  # ticks that started more than one tick late
+    disconnects: int = 0
     latencies: list[float] = field(default_factory=list)  # seconds, batches in the window
     error_samples: list[str] = field(default_factory=list)
     acked_timeline: dict[str, list[int]] = field(default_factory=dict)
@@ -306,24 +307,32 @@ class _Producer:
         return self.report
 
 
-async def _connect(url: str) -> Any:
+async def _connect(url: str, name: str, disconnects: list[int]) -> Any:
+    """A connection that counts its disconnections in ``disconnects[0]`` (the server cuts
+    off a client that reads too slowly: a *slow consumer*, whose messages in flight are lost)."""
     import nats
 
     async def quiet(exc: Exception) -> None:  # counted where it matters, not printed
         return None
 
+    async def disconnected() -> None:
+        disconnects[0] += 1
+
     return await nats.connect(
         url,
+        name=name,  # shows in the server's log and /connz
         skip_subject_validation=True,
         pending_size=32 * 1024 * 1024,
         max_reconnect_attempts=3,
         error_cb=quiet,
+        disconnected_cb=disconnected,
         connect_timeout=5,
     )
 
 
 async def _produce(spec: ProducerSpec, ready: QueueLike, start_at: Any) -> ProducerReport:
-    nc = await _connect(spec.url)
+    disconnects = [0]
+    nc = await _connect(spec.url, f"pubsub-producer-{spec.index}", disconnects)
     try:
         for topic in spec.topics:
             if topic.size > nc.max_payload:
@@ -343,7 +352,9 @@ async def _produce(spec: ProducerSpec, ready: QueueLike, start_at: Any) -> Produ
         ready.put(("ready", "producer", spec.index, None))
         while start_at.value <= 0:
             await asyncio.sleep(0.005)
-        return await producer.run(start_at.value)
+        report = await producer.run(start_at.value)
+        report.disconnects = disconnects[0]
+        return report
     finally:
         await nc.close()
 
@@ -362,7 +373,8 @@ async def _consume(
 ) -> dict[str, Any]:
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-    nc = await _connect(spec.url)
+    disconnects = [0]
+    nc = await _connect(spec.url, f"pubsub-consumer-{spec.index}", disconnects)
     delivered = 0
     delivered_bytes = 0
     timeline = Timeline(spec.seconds)
@@ -376,25 +388,23 @@ async def _consume(
 
     try:
         if spec.streams is not None:
-            prefix = f"{spec.deliver_prefix}.{spec.index}"
             js = nc.jetstream()
-            for stream in spec.streams:
-                # one subscription per deliver subject: the server does not count a
-                # wildcard subscription as interest in a push consumer
-                await nc.subscribe(
-                    f"{prefix}.{stream}",
+            for subject, stream in zip(spec.subjects, spec.streams, strict=True):
+                # flow control: a consumer that falls behind is paused by the server
+                # instead of being cut off as a slow consumer (which would lose messages)
+                await js.subscribe(
+                    subject,
+                    stream=stream,
                     cb=on_message,
-                    pending_msgs_limit=0,
-                    pending_bytes_limit=0,
-                )
-                await js.add_consumer(
-                    stream,
-                    ConsumerConfig(
-                        name=f"psb{spec.index}",
-                        deliver_subject=f"{prefix}.{stream}",
+                    manual_ack=True,
+                    flow_control=True,
+                    idle_heartbeat=2.0,
+                    config=ConsumerConfig(
                         deliver_policy=DeliverPolicy.ALL,
                         ack_policy=AckPolicy.NONE,
                     ),
+                    pending_msgs_limit=0,
+                    pending_bytes_limit=0,
                 )
         else:
             for subject in spec.subjects:
@@ -414,6 +424,7 @@ async def _consume(
             "delivered": delivered,
             "delivered_bytes": delivered_bytes,
             "delivered_timeline": timeline.as_dict(),
+            "disconnects": disconnects[0],
         }
     finally:
         await nc.close()

@@ -16,12 +16,16 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def run_wrk(url: str, connections: int, seconds: int, threads: int = 1) -> dict[str, float]:
+def run_wrk(
+    url: str, connections: int, seconds: int, threads: int = 1, script: str | None = None
+) -> dict[str, float]:
+    """``script``: a wrk Lua script file (e.g. one that makes every request a POST)."""
     binary = shutil.which("wrk")
     if binary is None:
         raise RuntimeError("wrk is not installed (apt-get install wrk; scripts/setup does it)")
+    extra = ["-s", script] if script else []
     out = subprocess.run(
-        [binary, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        [binary, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", *extra, url],
         capture_output=True,
         text=True,
         check=True,

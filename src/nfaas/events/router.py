@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from nats.aio.msg import Msg
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig, StreamInfo
 from nats.js.errors import APIError, NotFoundError
 
 from nfaas.core.subjects import subject_covers, subjects_overlap
@@ -26,7 +26,7 @@ from nfaas.core.triggers import Trigger
 from nfaas.events import names
 from nfaas.events.bus import Bus
 from nfaas.events.consumer import ConsumerLoop, ConsumerSpec, Slots
-from nfaas.events.topics import Topic, topic_from_stream
+from nfaas.events.topics import Topic, all_streams, topic_from_stream
 from nfaas.node.logs import FunctionKey
 
 log = logging.getLogger("nfaas.events")
@@ -82,17 +82,10 @@ class Router:
         self.functions.pop(key, None)
         await self.refresh()
 
-    async def topics(self) -> list[TopicStream]:
-        out = []
-        for info in await self.bus.js.streams_info():
-            topic = topic_from_stream(info)
-            if topic is not None and info.config.name:
-                out.append(TopicStream(topic, info.config.name))
-        return out
-
     async def refresh(self) -> None:
         async with self._lock:
-            topics = await self.topics()
+            streams = await all_streams(self.bus.js)
+            topics = topic_streams(streams)
             problems: dict[FunctionKey, list[str]] = {}
             bindings: list[Binding] = []
             wanted: list[str] = []
@@ -102,7 +95,7 @@ class Router:
                     bindings += found
                     wanted += subjects
                     problems.setdefault(key, []).extend(trouble)
-            refused = await self._ensure_events_stream(wanted)
+            refused = await self._ensure_events_stream(wanted, streams)
             for binding in bindings:
                 if binding.stream == names.EVENTS_STREAM and set(binding.filters) & refused:
                     problems.setdefault(binding.key, []).append(
@@ -117,23 +110,31 @@ class Router:
             self.problems = {k: v for k, v in problems.items() if v}
             await self._apply(bindings)
 
-    async def _ensure_events_stream(self, wanted: list[str]) -> set[str]:
+    async def _ensure_events_stream(self, wanted: list[str], streams: list[StreamInfo]) -> set[str]:
         """The events stream holds ``wanted`` (minus subjects another one covers); returns
-        the subjects the server refused (they overlap a stream of someone else's)."""
+        the subjects it cannot take (they overlap another stream's).
+
+        The new subject list is worked out here and set in one update, and only when it
+        changes: the stream never passes through a list that lacks a subject it keeps, since
+        a message published on a subject no stream holds is lost.
+        """
         subjects: list[str] = []
         for subject in sorted(set(wanted), key=lambda s: (s.count("*") + s.count(">"), s)):
             if not any(subject_covers(have, subject) for have in subjects):
                 subjects = [s for s in subjects if not subject_covers(subject, s)] + [subject]
-        refused: set[str] = set()
-        accepted: list[str] = []
-        for subject in subjects:
-            if await self._events_stream_with([*accepted, subject]):
-                accepted.append(subject)
-            else:
-                refused |= {w for w in wanted if subject_covers(subject, w)}
-        await self._events_stream_with(accepted)
+        for _ in range(3):
+            current, taken = _events_and_taken(streams)
+            accepted = [s for s in subjects if not any(subjects_overlap(s, t) for t in taken)]
+            if current is not None and set(current) == set(accepted or [NO_SUBJECTS]):
+                break
+            if await self._events_stream_with(accepted):
+                break
+            # a stream made meanwhile took some subject: look again
+            streams = await all_streams(self.bus.js)
+        else:
+            accepted = [s for s in (current or []) if s != NO_SUBJECTS]
         self.events_subjects = accepted
-        return refused
+        return {w for w in wanted if not any(subject_covers(a, w) for a in accepted)}
 
     async def _events_stream_with(self, subjects: list[str]) -> bool:
         config = StreamConfig(
@@ -164,8 +165,13 @@ class Router:
                 _, loop = self.loops.pop(durable)
                 await loop.stop(delete=True)
         for durable, binding in wanted.items():
-            if durable in self.loops:
-                continue
+            running = self.loops.get(durable)
+            if running is not None:
+                if running[0] == binding:
+                    continue
+                # the same consumer with new batch settings: a new loop, at the same place
+                del self.loops[durable]
+                await running[1].stop()
             trigger = binding.trigger
             spec = ConsumerSpec(
                 stream=binding.stream,
@@ -211,6 +217,27 @@ class Router:
             await loop.stop()
         for _, loop in self.loops.values():
             await loop.drain()
+
+
+def topic_streams(streams: list[StreamInfo]) -> list[TopicStream]:
+    out = []
+    for info in streams:
+        topic = topic_from_stream(info)
+        if topic is not None and info.config.name:
+            out.append(TopicStream(topic, info.config.name))
+    return out
+
+
+def _events_and_taken(streams: list[StreamInfo]) -> tuple[list[str] | None, list[str]]:
+    """The events stream's subjects (None: no such stream yet), and every other stream's."""
+    current: list[str] | None = None
+    taken: list[str] = []
+    for info in streams:
+        if info.config.name == names.EVENTS_STREAM:
+            current = list(info.config.subjects or [])
+        else:
+            taken += info.config.subjects or []
+    return current, taken
 
 
 def resolve(

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import msgspec
+from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
     RawStreamMsg,
@@ -20,6 +21,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
     StreamInfo,
+    StreamsListIterator,
 )
 from nats.js.errors import APIError, NotFoundError
 
@@ -238,7 +240,7 @@ class Topics:
 
     async def all(self) -> list[dict[str, Any]]:
         out = []
-        for info in await self.bus.js.streams_info():
+        for info in await all_streams(self.bus.js):
             topic = topic_from_stream(info)
             if topic is not None:
                 out.append(describe(topic, info))
@@ -267,6 +269,11 @@ class Topics:
     ) -> list[dict[str, Any]]:
         """Stored messages from ``start_seq`` on (only ``subject``'s, if given), oldest first."""
         await self._topic(name)
+        if subject is not None:
+            try:
+                validate_subject(subject)
+            except SubjectError as exc:
+                raise TopicError("subject", str(exc)) from None
         stream = names.topic_stream(name)
         out: list[dict[str, Any]] = []
         seq = max(1, start_seq)
@@ -292,11 +299,22 @@ class Topics:
 
     async def _conflict_or_bad(self, topic: Topic, exc: APIError) -> Exception:
         text = exc.description or str(exc)
+        if "insufficient" in text:
+            # JetStream sets every stream's max_bytes aside when it is made, so the node's
+            # storage runs out by reservations long before the disk is full
+            return TopicError(
+                "max_bytes",
+                f"{text}: every topic reserves its max_bytes ({_size(DEFAULT_MAX_BYTES)} unless "
+                "set) on the node; give this one a smaller max_bytes, or shrink or remove others",
+            )
         if "overlap" not in text:
+            for field in ("retention", "storage"):
+                if field in text:  # "can not change retention policy", "... storage type"
+                    return TopicError(field, f"{text} (make a new topic instead)")
             return TopicError("topic", text)
         # name who holds the subjects, so that the user knows what to change
         holders = []
-        for info in await self.bus.js.streams_info():
+        for info in await all_streams(self.bus.js):
             config = info.config
             if config.name == names.topic_stream(topic.name):
                 continue
@@ -320,6 +338,21 @@ class Topics:
     async def delete(self, name: str) -> None:
         await self.get(name)
         await self.bus.js.delete_stream(names.topic_stream(name))
+
+
+async def all_streams(js: JetStreamContext) -> list[StreamInfo]:
+    """Every stream on the server (it answers a listing in pages of at most 256)."""
+    out: list[StreamInfo] = []
+    while True:
+        page = cast(StreamsListIterator, await js.streams_info_iterator(offset=len(out)))
+        got = list(page)
+        out += got
+        if not got or len(out) >= page.total:
+            return out
+
+
+def _size(value: int) -> str:
+    return f"{value // 1024**3}Gi" if value % 1024**3 == 0 else f"{value} bytes"
 
 
 def message_json(raw: RawStreamMsg) -> dict[str, Any]:

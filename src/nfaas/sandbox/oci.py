@@ -109,6 +109,9 @@ def prepare_rootfs(rootfs: Path, binds: list[str]) -> None:
     """The shared empty root: mount points and the /lib, /bin symlinks of a merged-/usr system."""
     for name in ("proc", "dev", "sys", "tmp", "code", "etc"):
         (rootfs / name).mkdir(parents=True, exist_ok=True)
+        # a tmpfs takes the mode of its mount point: /dev must be traversable for the
+        # instance's uid (a program opens /dev/null, /dev/urandom)
+        (rootfs / name).chmod(0o755)
     for link, target in (
         ("lib", "usr/lib"),
         ("lib64", "usr/lib64"),

@@ -1,0 +1,1 @@
+"""The consumer function (see handler.py)."""

@@ -1,0 +1,1 @@
+"""The consumer-start function (see handler.py)."""

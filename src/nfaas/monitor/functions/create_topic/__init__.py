@@ -1,0 +1,1 @@
+"""The create-topic function (see handler.py)."""

@@ -1,0 +1,1 @@
+"""The dashboard function (see handler.py)."""

@@ -1,0 +1,1 @@
+"""The dcm-create function (see handler.py)."""

@@ -1,0 +1,53 @@
+"""dcmCreate: set up monitoring for the topics of the request.
+
+    fetch-topic -> create-topic (only the missing ones) -> dcs-create -> consumer-start (async)
+
+Each step is one call for all the topics still going; a topic that fails a step is reported
+with that step and the status it got, and goes no further; the others carry on. Running it
+again converges on the same state (every step is idempotent). 200 when every topic is set up,
+502 otherwise, 400 (nothing done) for a malformed name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mon
+
+
+def handle(event: Any, context: Any) -> dict[str, Any]:
+    try:
+        topics = mon.topics_from_request(event)
+        api = mon.monitor()
+    except mon.BadRequest as exc:
+        return mon.respond(400, exc.body)
+    except mon.StepFailed as exc:
+        return mon.respond(500, exc.to_json())
+    results = mon.chain_results(topics)
+    fetched = mon.chain_step(api, "fetch-topic", topics, results)
+    missing = []
+    for topic in fetched:
+        if results[topic.name]["steps"][-1].get("exists"):
+            mon.skipped(results, topic, "create-topic", "exists")
+        else:
+            missing.append(topic)
+    created = mon.chain_step(api, "create-topic", missing, results)
+    ready = [t for t in fetched if t not in missing or t in created]
+    stored = mon.chain_step(api, "dcs-create", ready, results)
+    if stored:
+        try:
+            call_id = api.call_async(
+                "consumer-start", {"topics": [t.name for t in stored]}, "consumer-start"
+            )
+        except mon.StepFailed as exc:
+            for topic in stored:
+                results[topic.name]["steps"].append(
+                    {"step": "consumer-start", "status": exc.status}
+                )
+                results[topic.name].update(ok=False, **exc.to_json())
+        else:
+            for topic in stored:
+                results[topic.name]["steps"].append(
+                    {"step": "consumer-start", "status": 202, "call_id": call_id}
+                )
+    return mon.report(list(results.values()))

@@ -1,0 +1,1 @@
+"""The dcm-delete function (see handler.py)."""

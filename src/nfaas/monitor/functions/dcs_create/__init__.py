@@ -1,0 +1,1 @@
+"""The dcs-create function (see handler.py)."""

@@ -1,0 +1,1 @@
+"""The dcs-delete function (see handler.py)."""

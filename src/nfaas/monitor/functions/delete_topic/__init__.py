@@ -1,0 +1,1 @@
+"""The delete-topic function (see handler.py)."""

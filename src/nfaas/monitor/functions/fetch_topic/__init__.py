@@ -1,0 +1,1 @@
+"""The fetch-topic function (see handler.py)."""
