@@ -167,7 +167,7 @@ def _row(workload: str, level: int, io: float, achieved: float, p50: float = 1.0
         "delivered_of_offered": io * achieved,
         "achieved": {"of_offered": achieved},
         "latency_ms": {"p50": p50},
-        "messages": {"errors": 0, "timeouts": 0},
+        "messages": {"errors": 0, "timeouts": 0, "skipped_late": 0, "offered": 100},
         "cpu": {"producers_pct": [10.0], "consumers_pct": [95.0], "machine_busy_pct": 99.0},
     }
 
@@ -200,6 +200,9 @@ def test_limited_by_blames_a_busy_generator_before_the_broker() -> None:
     quiet = _row("a", 3, 0.9, 1.0)
     quiet["cpu"] = {"producers_pct": [10.0], "consumers_pct": [10.0], "machine_busy_pct": 50.0}
     assert limited_by(quiet) == "broker"
+    late = _row("a", 3, 0.9, 1.0)
+    late["messages"]["skipped_late"] = 5
+    assert limited_by(late) == "generator (behind its schedule)"
 
 
 def test_settings_are_checked() -> None:
@@ -246,7 +249,8 @@ def test_tiny_workload_counts_add_up(tiny_rows: dict[str, dict[str, Any]], mode:
     messages = row["messages"]
     assert messages["offered"] == TINY_MESSAGES
     assert messages["sent"] > 0
-    assert messages["sent"] + messages["skipped"] == TINY_MESSAGES
+    skipped = messages["skipped_late"] + messages["skipped_backpressure"]
+    assert messages["sent"] + skipped == TINY_MESSAGES
     assert messages["errors"] == messages["timeouts"] == 0
     assert messages["producer_disconnects"] == messages["consumer_disconnects"] == 0
     assert messages["acked"] == messages["sent"]

@@ -485,16 +485,30 @@ def test_trigger_subjects_stay_captured_while_the_router_refreshes(
     wait_until(lambda: platform.status(name)["events"]["succeeded"] == count, what="deliveries")
 
 
+# Like BATCHER, but a lone message (which comes raw today, see the xfail below) counts as 1.
+LENIENT_BATCHER = """
+import json
+
+def handle(event, context):
+    if event.headers.get("x-nfaas-batch"):
+        datas = [m["data"] for m in json.loads(event.body)["messages"]]
+    else:
+        datas = [event.body.decode()]
+    print(f"batch n={len(datas)} data={json.dumps(datas)}", flush=True)
+    return "ok"
+"""
+
+
 def test_new_batch_settings_apply_on_redeploy(
     platform: Platform, unique_name, nats_url: str
 ) -> None:
     name = unique_name("trg-rebatch")
     subject = f"{name}.m"
     spec = {"triggers": [{"nats": subject, "batch": {"size": 10, "wait": "200ms"}}]}
-    platform.deploy(name, BATCHER, spec)
+    platform.deploy(name, LENIENT_BATCHER, spec)
     wait_bound(platform, name)
     spec["triggers"][0]["batch"] = {"size": 3, "wait": "200ms"}
-    platform.deploy(name, BATCHER, spec)  # same trigger, smaller batches
+    platform.deploy(name, LENIENT_BATCHER, spec)  # same trigger, smaller batches
     wait_bound(platform, name)
     nats_publish(nats_url, [(subject, f"m{i}".encode()) for i in range(9)], stored=False)
     # Up to 30 s: the replaced loop's last pull request may have taken the messages, and

@@ -549,7 +549,8 @@ def step_row(
             "acked": acked,
             "delivered": delivered,
             "delivered_at_window_end": window_sum(delivered_bins["msgs"], 0.0, seconds),
-            "skipped": total("skipped"),
+            "skipped_late": total("skipped_late"),  # the generator fell behind
+            "skipped_backpressure": total("skipped_backpressure"),  # the broker did
             "errors": total("errors"),
             "timeouts": total("timeouts"),
             "late_ticks": total("late_ticks"),
@@ -615,6 +616,8 @@ def limited_by(row: dict[str, Any]) -> str:
     )
     if kept_up:
         return "-"
+    if messages["skipped_late"] > messages["offered"] * (1 - RATIO_FLOOR):
+        return "generator (behind its schedule)"
     cpu = row["cpu"]
     generator = [p for p in cpu["producers_pct"] + cpu["consumers_pct"] if p is not None]
     if generator and max(generator) >= GENERATOR_BUSY_PCT:

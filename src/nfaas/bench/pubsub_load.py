@@ -98,7 +98,7 @@ class ProducerSpec:
     ack_timeout: float = 5.0
     max_outstanding_msgs: int = 200_000
     max_outstanding_bytes: int = 64 * 1024 * 1024
-    max_backlog: float = 1.0  # seconds of schedule a late producer may still catch up
+    max_backlog: float = 0.1  # seconds of schedule a late producer may still catch up
     inbox: str = "_PSB.ack"
 
 
@@ -144,7 +144,8 @@ class ProducerReport:
     acked_bytes: int = 0
     errors: int = 0  # publish raised, or the broker answered with an error
     timeouts: int = 0  # no PubAck (or PONG) within the ack timeout
-    skipped: int = 0  # due but not sent: too many unacknowledged, or too far behind
+    skipped_late: int = 0  # due but not sent: the producer was too far behind its schedule
+    skipped_backpressure: int = 0  # due but not sent: too many unacknowledged messages
     late_ticks: int = 0  # ticks that started more than one tick late
     disconnects: int = 0
     latencies: list[float] = field(default_factory=list)  # seconds, batches in the window
@@ -248,14 +249,14 @@ class _Producer:
             scheduled[i] = due
             behind = n - max(1, math.ceil(topic.rate * spec.max_backlog))
             if behind > 0:  # the producer fell behind: those are lost to the offered load
-                report.skipped += behind
+                report.skipped_late += behind
                 n -= behind
             size = topic.size
             if (
                 self.outstanding_msgs + n > spec.max_outstanding_msgs
                 or self.outstanding_bytes + n * size > spec.max_outstanding_bytes
             ):
-                report.skipped += n  # back-pressure, like a full producer buffer
+                report.skipped_backpressure += n  # like a full producer buffer
                 continue
             payload = self.payloads[size]
             subject = topic.subject
