@@ -302,6 +302,15 @@ class Platform:
             timeout=timeout,
         )
 
+    def nats_url(self, admin: bool = False) -> str:
+        """The platform's NATS URL: as a device sees it (no credentials), or with the
+        platform's own credentials (JetStream API access, for inspecting streams)."""
+        url = str(self.get("/system/info").json()["events"]["nats_server"]["url"])
+        if not admin:
+            return url
+        password = (self.data_dir / "nats" / "platform.password").read_text().strip()
+        return url.replace("nats://", f"nats://nfaas:{password}@", 1)
+
     def cli_env(self, token: Any = ADMIN, url: str | None = None) -> dict[str, str]:
         """The environment for ``nfaas`` commands: NFAAS_URL and NFAAS_TOKEN (if any)."""
         env = {**os.environ, "NFAAS_URL": url or self.url, "COLUMNS": "250"}

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import nats
 import pytest
 from platform_harness import Platform, wait_until
 
@@ -75,7 +77,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", "0"))
                 body = self.rfile.read(length)
                 receiver.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
@@ -329,3 +331,35 @@ def test_cli_invoke_async_and_calls(platform: Platform, unique_name: Callable[[s
     assert replayed.returncode == 0 and b"queued again" in replayed.stdout
     missing = platform.cli("calls", "show", "no-such-call")
     assert missing.returncode == 1 and b"not found" in missing.stderr
+
+
+def test_devices_cannot_queue_calls_or_use_the_jetstream_api(platform: Platform) -> None:
+    """Anyone connecting to the bus without the platform's password (a device, a function)
+    may publish on their own subjects, but not on the platform's nor on JetStream's API."""
+
+    async def probe(url: str, forge: bool = True) -> tuple[list[str], bool]:
+        errors: list[str] = []
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(str(exc))
+
+        nc = await nats.connect(url, error_cb=on_error)
+        try:
+            if forge:
+                await nc.publish("nfaas.calls.default.someone.forged", b"x")
+            await nc.flush()
+            await asyncio.sleep(0.3)  # the server's -ERR arrives asynchronously
+            try:
+                await nc.jetstream(timeout=2).stream_info("NFAAS_CALLS")
+                api = True
+            except Exception:
+                api = False
+        finally:
+            await nc.close()
+        return errors, api
+
+    errors, api = asyncio.run(probe(platform.nats_url()))
+    assert any("permissions violation" in e.lower() for e in errors), errors
+    assert api is False
+    errors, api = asyncio.run(probe(platform.nats_url(admin=True), forge=False))
+    assert api is True and not errors

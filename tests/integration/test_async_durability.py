@@ -40,7 +40,7 @@ class Recorder:
         recorder = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 call_id = self.rfile.read(int(self.headers["content-length"])).decode()
                 with recorder.lock:
                     recorder.ids[call_id] += 1

@@ -18,14 +18,19 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nats
 import pytest
-from platform_harness import BIN, Platform, free_port, pid_gone, wait_until
+import yaml
+from platform_harness import BIN, REPO, Platform, free_port, pid_gone, wait_until
 
+from nfaas.core.bundle import pack
+from nfaas.core.manifest import load_manifest
 from nfaas.worker.command import ProgramError, expand, resolve
 
 NATS_SERVER = str(BIN / "nats-server")
 MOSQUITTO = "/usr/sbin/mosquitto"
+EXAMPLE = REPO / "examples" / "broker-nats"
 CONTAINERS = shutil.which("runc") is not None and os.getuid() == 0
 needs_containers = pytest.mark.skipif(not CONTAINERS, reason="the container tier needs runc, root")
 
@@ -49,7 +54,11 @@ def deploy_command(
 ) -> None:
     # the platform's bundle check still asks for a handler.py; a command function ignores it
     sha = platform.upload({"handler.py": "", **(files or {})})
-    body = {"name": name, "bundle": sha, "spec": {"runtime": "command", "command": command, **(spec or {})}}
+    body = {
+        "name": name,
+        "bundle": sha,
+        "spec": {"runtime": "command", "command": command, **(spec or {})},
+    }
     answer = platform.request("POST", "/system/functions", json=body)
     if answer.status_code == 409:
         answer = platform.request("PUT", "/system/functions", json=body)
@@ -69,14 +78,20 @@ def running(platform: Platform, name: str, *, other_than: int = 0) -> dict[str, 
     return dict(wait_until(instance, timeout=20, what=f"a running program of {name}"))
 
 
-def nats_roundtrip(url: str) -> bytes | None:
-    """Subscribe, publish, receive through the server at ``url``; None if it cannot connect."""
+def nats_roundtrip(url: str, jetstream: bool = False) -> bytes | None:
+    """Subscribe, publish, receive through the server at ``url`` (or store a message in a
+    JetStream stream and read it back); None if it cannot connect."""
 
     async def run() -> bytes:
         client = await nats.connect(
             url, connect_timeout=1, allow_reconnect=False, max_reconnect_attempts=0
         )
         try:
+            if jetstream:
+                js = client.jetstream()
+                await js.add_stream(name="COMMAND", subjects=["command.stored"], storage="file")
+                await js.publish("command.stored", b"stored")
+                return bytes((await js.get_msg("COMMAND", 1)).data or b"")
             sub = await client.subscribe("command.test")
             await client.publish("command.test", b"hello through the command function")
             return bytes((await sub.next_msg(timeout=5)).data)
@@ -137,6 +152,18 @@ def test_programs_are_resolved_with_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "run.sh").chmod(0o644)
     with pytest.raises(ProgramError, match="is not executable"):
         resolve("./run.sh", str(tmp_path), "/usr/bin")
+
+
+def test_broker_example_is_a_valid_manifest_and_config() -> None:
+    function = load_manifest(EXAMPLE / "stack.yml").functions["broker-nats"]
+    assert function.handler_dir == EXAMPLE
+    spec = function.spec
+    assert spec.runtime == "command" and spec.command[:3] == ("nats-server", "-c", "nats.conf")
+    assert (spec.isolation, spec.network, spec.scale.min) == ("container", "bridged", 1)
+    checked = subprocess.run(
+        [NATS_SERVER, "-c", "nats.conf", "-t"], cwd=EXAMPLE, capture_output=True, timeout=30
+    )
+    assert checked.returncode == 0, checked.stderr
 
 
 # -- process tier ----------------------------------------------------------------------------
@@ -230,15 +257,27 @@ def test_program_exiting_at_once_is_a_visible_crash_loop(platform: Platform, uni
 
 # -- container tier ---------------------------------------------------------------------------
 @needs_containers
-def test_container_bridged_nats_server_at_its_own_address(platform: Platform, unique_name) -> None:
+def test_container_bridged_nats_example_at_its_own_address(platform: Platform, unique_name) -> None:
+    """examples/broker-nats as it is: nats-server found on PATH, its config from the bundle,
+    $(NFAAS_ADDRESS) and $(HOME) on its command line, JetStream storing under $HOME."""
     name = unique_name("cmd-cnats")
-    # found by name on PATH (the platform's virtualenv is bound read-only into the container);
-    # $(NFAAS_ADDRESS) is the instance's address on the bridge
-    spec = {"isolation": "container", "network": "bridged", "scale": {"max": 1}}
-    deploy_command(platform, name, ["nats-server", "-a", "$(NFAAS_ADDRESS)", "-p", "4222"], spec)
+    entry = yaml.safe_load((EXAMPLE / "stack.yml").read_text())["functions"]["broker-nats"]
+    entry.pop("handler")
+    sha = platform.request(
+        "POST",
+        "/system/bundles",
+        content=pack(EXAMPLE),
+        headers={"content-type": "application/zip"},
+    ).json()["sha256"]
+    body = {"name": name, "bundle": sha, "spec": entry}
+    assert platform.request("POST", "/system/functions", json=body).status_code == 202
     first = running(platform, name)
-    assert first["address"].startswith("198.1")
-    nats_works(f"nats://{first['address']}:4222")
+    assert first["address"].startswith("198.1")  # on the node's bridge, 198.18.0.0/15
+    url = f"nats://{first['address']}:4222"
+    nats_works(url)
+    assert nats_roundtrip(url, jetstream=True) == b"stored"
+    health = httpx.get(f"http://{first['address']}:8222/healthz", timeout=5)
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
     # in the container's own PID namespace, under its own uid
     status = proc_status(first["pid"])
     assert len(status["NSpid"].split()) == 2
@@ -255,13 +294,15 @@ def test_container_bridged_nats_server_at_its_own_address(platform: Platform, un
 
 @needs_containers
 @pytest.mark.skipif(not os.path.exists(MOSQUITTO), reason="Mosquitto is not installed")
-def test_container_mosquitto_with_its_config_in_the_bundle(
-    platform: Platform, unique_name
-) -> None:
+def test_container_mosquitto_with_its_config_in_the_bundle(platform: Platform, unique_name) -> None:
     name = unique_name("cmd-mqtt")
     spec = {"isolation": "container", "network": "bridged", "scale": {"max": 1}}
     deploy_command(
-        platform, name, [MOSQUITTO, "-c", "mosquitto.conf"], spec, {"mosquitto.conf": MOSQUITTO_CONF}
+        platform,
+        name,
+        [MOSQUITTO, "-c", "mosquitto.conf"],
+        spec,
+        {"mosquitto.conf": MOSQUITTO_CONF},
     )
     instance = running(platform, name)
     address = instance["address"]

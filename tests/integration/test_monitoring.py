@@ -35,9 +35,7 @@ class Monitoring:
         return self.platform.invoke(f"{function}.{self.namespace}", content, **kwargs)
 
     def get(self, function: str, **params: Any) -> httpx.Response:
-        return self.platform.invoke(
-            f"{function}.{self.namespace}", method="GET", params=params
-        )
+        return self.platform.invoke(f"{function}.{self.namespace}", method="GET", params=params)
 
     def topic(self, name: str) -> httpx.Response:
         return self.platform.get(f"/system/topics/{name}")
@@ -98,7 +96,9 @@ def steps(result: dict[str, Any]) -> list[str]:
 def test_deploy_prints_where_the_dashboard_is(monitoring: Monitoring) -> None:
     url = f"{monitoring.platform.url}/function/dashboard.{monitoring.namespace}"
     assert url in monitoring.deploy_output
-    listed = monitoring.platform.get("/system/functions", params={"namespace": monitoring.namespace})
+    listed = monitoring.platform.get(
+        "/system/functions", params={"namespace": monitoring.namespace}
+    )
     names = {f["name"] for f in listed.json()}
     assert names == {
         "consumer",
@@ -228,9 +228,7 @@ def test_each_chain_run_twice_ends_in_the_same_state(monitoring: Monitoring) -> 
     label = ("monitoring.collect", monitoring.namespace)
 
     def collecting() -> bool:
-        return all(
-            monitoring.topic(t).json()["labels"].get(label[0]) == label[1] for t in topics
-        )
+        return all(monitoring.topic(t).json()["labels"].get(label[0]) == label[1] for t in topics)
 
     first = monitoring.call("dcm-create", {"topics": topics})
     assert first.status_code == 200, first.text

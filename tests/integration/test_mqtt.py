@@ -106,9 +106,11 @@ def test_mosquitto_pub_triggers_a_function(
     name = unique_name("mqtt-mosq")
     platform.deploy(name, RECORDER, {"triggers": [{"mqtt": f"{name}/+/temp"}]})
     wait_bound(platform, name)
+    client_id = f"it-pub-{uuid.uuid4().hex[:8]}"
+    topic = f"{name}/dev7/temp"
+    command = ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-i", client_id]
     done = subprocess.run(
-        ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-q", "1"]
-        + ["-i", f"it-pub-{uuid.uuid4().hex[:8]}", "-t", f"{name}/dev7/temp", "-m", "from-mosquitto"],
+        [*command, "-t", topic, "-m", "from-mosquitto"],
         capture_output=True,
         text=True,
         timeout=20,
@@ -118,15 +120,13 @@ def test_mosquitto_pub_triggers_a_function(
     assert f"got subject={name}.dev7.temp source=mqtt attempt=1 body=from-mosquitto" in lines
 
 
-def test_mosquitto_sub_receives_what_nats_publishes(
-    unique_name, listener: tuple[str, int]
-) -> None:
+def test_mosquitto_sub_receives_what_nats_publishes(unique_name, listener: tuple[str, int]) -> None:
     url, port = listener
     root = unique_name("mqtt-out")
     # -d prints SUBACK once subscribed; stdbuf makes the pipe line-buffered so it shows then
+    mosquitto_sub = ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-q", "1"]
     sub = subprocess.Popen(
-        ["stdbuf", "-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-q", "1"]
-        + ["-t", f"{root}/#", "-C", "2", "-W", "20", "-v", "-d"],
+        ["stdbuf", "-oL", *mosquitto_sub, "-t", f"{root}/#", "-C", "2", "-W", "20", "-v", "-d"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

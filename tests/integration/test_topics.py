@@ -296,9 +296,7 @@ def test_duplicate_and_overlapping_topics_are_409(platform: Platform, unique_nam
     assert platform.get(f"/system/topics/{other}").status_code == 404
     # an update into someone else's subjects is refused the same way
     create(platform, other)
-    moved = platform.request(
-        "PUT", f"/system/topics/{other}", json={"subjects": [f"{name}.>"]}
-    )
+    moved = platform.request("PUT", f"/system/topics/{other}", json={"subjects": [f"{name}.>"]})
     assert moved.status_code == 409, moved.text
     assert platform.get(f"/system/topics/{other}").json()["subjects"] == [other]
 
@@ -395,8 +393,9 @@ def test_max_msgs_drops_the_oldest(platform: Platform, unique_name) -> None:
     kept = read(platform, name)
     assert [(m["seq"], m["data"]) for m in kept] == [(3, "v2"), (4, "v3"), (5, "v4")]
     state = wait_until(
-        lambda: (s := platform.get(f"/system/topics/{name}").json()["state"])["messages"] == 3
-        and s,
+        lambda: (
+            (s := platform.get(f"/system/topics/{name}").json()["state"])["messages"] == 3 and s
+        ),
         what="the topic to hold 3 messages",
     )
     assert (state["first_seq"], state["last_seq"]) == (3, 5)

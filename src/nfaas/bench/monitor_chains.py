@@ -35,7 +35,6 @@ from typing import Any
 
 import httpx
 
-from nfaas.bench.coldstart import wait_for_quiet
 from nfaas.bench.harness import PlatformProcess, free_port
 from nfaas.bench.report import markdown, print_table, save, summary
 from nfaas.monitor.deploy import FUNCTIONS_DIR, deploy, function_names
@@ -191,7 +190,19 @@ def scale_to_zero(platform: PlatformProcess, functions: tuple[str, ...]) -> None
             time.sleep(0.005)
         else:
             raise RuntimeError(f"{name} did not scale to zero")
-    wait_for_quiet(platform)
+    wait_for_shells(platform)
+
+
+def wait_for_shells(platform: PlatformProcess) -> None:
+    """Until the process tier's prepared-shell pool is full again: an idle node, as a
+    function at zero finds it after a quiet while."""
+    for _ in range(2000):
+        drivers = platform.api.get("/system/info").json()["drivers"]
+        pool = next(d["shell_pool"] for d in drivers if d.get("driver") == "process")
+        if pool["ready"] >= pool["target"] and pool["filling"] == 0:
+            break
+        time.sleep(0.005)
+    time.sleep(0.02)
 
 
 def timed_chain(client: httpx.Client, function: str, topics: list[str]) -> float:
@@ -253,7 +264,9 @@ class Setup:
 
     def __init__(self, stack: ExitStack, shell_pool: int) -> None:
         self.shell_pool = shell_pool
-        self.platform = stack.enter_context(PlatformProcess(["--shell-pool", str(shell_pool)]))
+        # only the process tier: no container or microVM shells warming up meanwhile
+        args = ["--shell-pool", str(shell_pool), "--container-pool", "0", "--microvm-pool", "0"]
+        self.platform = stack.enter_context(PlatformProcess(args))
         admin = (self.platform.data / "admin.token").read_text().strip()
         deploy(self.platform.url, admin, NAMESPACE)
         token = self.platform.api.post("/system/tokens", json={"namespace": NAMESPACE}).json()

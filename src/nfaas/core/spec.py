@@ -280,7 +280,7 @@ def _retry(path: tuple[str, ...], raw: Mapping[str, Any]) -> Retry:
     _check_keys(path, raw, set(Retry.__struct_fields__))
     d = Retry()
     statuses = raw.get("on_status", list(DEFAULT_RETRY_ON))
-    if not isinstance(statuses, list):
+    if not isinstance(statuses, list | tuple):
         raise SpecError((*path, "on_status"), f"expected a list of HTTP statuses, got {statuses!r}")
     for index, status in enumerate(statuses):
         _int((*path, "on_status", str(index)), status, 400, 599)
@@ -358,7 +358,10 @@ def _ports(raw: object, runtime: str, isolation: str, scale: Scale) -> dict[str,
 
 
 def spec_to_dict(spec: FunctionSpec) -> dict[str, Any]:
+    """The spec as validate_spec accepts it (what a client sends to the API)."""
     data: dict[str, Any] = msgspec.to_builtins(spec)
+    data["triggers"] = [trigger.to_manifest() for trigger in spec.triggers]
+    data["command"] = list(spec.command)
     return data
 
 

@@ -53,6 +53,17 @@ class Trigger(msgspec.Struct, frozen=True):
             return mqtt_filter_to_subjects(self.source)
         return []
 
+    def to_manifest(self) -> dict[str, object]:
+        """The trigger as a manifest writes it (parse_trigger reads it back to an equal one)."""
+        out: dict[str, object] = {
+            self.kind: dict(self.labels) if self.kind == "topics" else self.source
+        }
+        if self.batch_size > 1 or self.batch_wait != 1.0:
+            out["batch"] = {"size": self.batch_size, "wait": self.batch_wait}
+        if self.body:
+            out["body"] = self.body
+        return out
+
     def describe(self) -> str:
         if self.kind == "topics":
             return "topics " + ",".join(f"{k}={v}" for k, v in sorted(self.labels.items()))

@@ -24,6 +24,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from nfaas.events import names
+from nfaas.events.natsserver import PLATFORM_INBOX
 
 log = logging.getLogger("nfaas.bus")
 DAY = 24 * 3600.0
@@ -86,6 +87,7 @@ class Bus:
             reconnect_time_wait=0.2,
             connect_timeout=5,
             pending_size=64 * 1024 * 1024,
+            inbox_prefix=PLATFORM_INBOX,
             disconnected_cb=self._disconnected,
             reconnected_cb=self._reconnected,
             error_cb=self._error,
@@ -119,7 +121,7 @@ class Bus:
     def info(self) -> dict[str, object]:
         nc = self.nc
         return {
-            "url": self.url,
+            "url": _without_credentials(self.url),
             "connected": bool(nc and nc.is_connected),
             "reconnects": nc.stats["reconnects"] if nc else 0,
         }
@@ -152,3 +154,8 @@ async def _calls_bucket(js: JetStreamContext) -> KeyValue:
                 max_bytes=2 * 1024**3,
             )
         )
+
+
+def _without_credentials(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url

@@ -74,6 +74,7 @@ class ConsumerLoop:
         self.error = ""
         self.delivered = 0
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._running: set[asyncio.Task[None]] = set()
 
     @property
@@ -108,10 +109,14 @@ class ConsumerLoop:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self, delete: bool = False) -> None:
+        # The flag, not only the cancellation: nats-py's next_msg can swallow a cancel that
+        # arrives with a message, and the loop would go on fetching.
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            done, _ = await asyncio.wait({self._task}, timeout=3 * FETCH_WAIT)
+            if not done:
+                log.warning("consumer %s did not stop in time", self.spec.durable)
         if delete:
             with contextlib.suppress(Exception):
                 await self.bus.js.delete_consumer(self.spec.stream, self.spec.durable)
@@ -123,14 +128,19 @@ class ConsumerLoop:
 
     async def _run(self) -> None:
         backoff = 0.2
-        while True:
+        while not self._stopping:
             try:
                 await self.bus.connected.wait()
                 sub = await self.bus.js.pull_subscribe_bind(
                     self.spec.durable, stream=self.spec.stream
                 )
                 self.error = ""
-                await self._pull(sub)
+                try:
+                    await self._pull(sub)
+                finally:
+                    # messages the subscription still holds go back to the server now
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
             except asyncio.CancelledError:
                 raise
             except NotFoundError:
@@ -154,9 +164,14 @@ class ConsumerLoop:
         # Fetch only when a slot is free, and no more than the free slots: the rest wait in
         # the stream, where other loops of the same function can still get at them.
         batch = self.spec.batch_size
-        while True:
+        while not self._stopping:
             await self.slots.wait_free()
             msgs = await self._fetch(sub, min(max(self.slots.free, 1) * batch, 256))
+            if self._stopping:
+                for msg in msgs:  # not started: someone else may have them at once
+                    with contextlib.suppress(Exception):
+                        await msg.nak()
+                return
             for i in range(0, len(msgs), batch):
                 group = msgs[i : i + batch]
                 self.delivered += len(group)
@@ -167,16 +182,17 @@ class ConsumerLoop:
     async def _fetch(self, sub: object, count: int) -> list[Msg]:
         fetch = sub.fetch  # type: ignore[attr-defined]
         if self.spec.batch_size == 1:
-            while True:
+            while not self._stopping:
                 try:
                     msgs: list[Msg] = await fetch(count, timeout=FETCH_WAIT)
                     return msgs
                 except (TimeoutError, NatsTimeout):
                     continue
+            return []
         # A batch: wait up to batch_wait after the first message for the rest to come.
         got: list[Msg] = []
         deadline = 0.0
-        while len(got) < count:
+        while len(got) < count and not self._stopping:
             wait = FETCH_WAIT if not got else deadline - time.monotonic()
             if got and wait <= 0:
                 break

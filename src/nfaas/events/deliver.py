@@ -11,6 +11,7 @@ between their side effect and our record.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import time
@@ -81,7 +82,13 @@ class Deliverer:
     # -- async calls ---------------------------------------------------------------------
     async def call(self, msgs: list[Msg]) -> None:
         (msg,) = msgs
-        message = C.decode_message(msg.data)
+        try:
+            message = C.decode_message(msg.data)
+        except msgspec.DecodeError as exc:
+            # only the platform publishes here; whatever this is, retrying cannot help
+            log.error("dropping an undecodable message on %s: %s", msg.subject, exc)
+            await msg.term()
+            return
         key = (message.namespace, message.function)
         record, revision = await self._record_of(message)
         if record.state in C.FINAL:
@@ -190,8 +197,10 @@ class Deliverer:
         )
 
     # -- trigger messages ----------------------------------------------------------------
-    async def trigger(self, key: FunctionKey, source: str, msgs: list[Msg]) -> None:
-        message = trigger_call(key, source, msgs)
+    async def trigger(
+        self, key: FunctionKey, source: str, msgs: list[Msg], batched: bool = False
+    ) -> None:
+        message = trigger_call(key, source, msgs, batched)
         attempt = max(m.metadata.num_delivered or 1 for m in msgs)
         async with in_progress(msgs):
             outcome = await self._invoke(key, _request(message, attempt))
@@ -220,12 +229,17 @@ class Deliverer:
             await msg.term()
 
 
-def trigger_call(key: FunctionKey, source: str, msgs: list[Msg]) -> C.CallMessage:
-    """The invocation a trigger delivery makes: one message as the body, or a JSON batch."""
+def trigger_call(
+    key: FunctionKey, source: str, msgs: list[Msg], batched: bool = False
+) -> C.CallMessage:
+    """The invocation a trigger delivery makes: one message as the body, or (for a batched
+    trigger, even when only one message came) a JSON batch."""
     first = msgs[0]
     meta = first.metadata
-    call_id = f"{_safe(meta.stream)}-{meta.sequence.stream}"
-    if len(msgs) == 1:
+    # unique per function and message: two functions failing on one message are two calls
+    tag = hashlib.sha256(f"{key[0]}\0{key[1]}\0{meta.stream}".encode()).hexdigest()[:10]
+    call_id = f"{_safe(key[1])[:40]}-{tag}-{meta.sequence.stream}"
+    if not batched:
         headers = [(k, v) for k, v in (first.headers or {}).items() if not k.startswith("Nats-")]
         headers += [
             ("X-Nfaas-Subject", first.subject),

@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -28,6 +29,13 @@ from pathlib import Path
 
 log = logging.getLogger("nfaas.nats")
 SERVER_NAME = "nfaas"  # MQTT needs a server name; it is also JetStream's node name
+PLATFORM_USER = "nfaas"
+DEVICE_USER = "device"  # everyone who connects without credentials: devices, functions
+PLATFORM_INBOX = "_NFAAS_INBOX"  # the platform's reply subjects, out of devices' reach
+# What a device may not touch: the platform's subjects and replies, and the JetStream, KV,
+# object-store and system APIs (so nobody without the platform's password can queue a call
+# for another tenant's function, read call records, or create and delete streams).
+DEVICE_DENY = ["nfaas.>", "$JS.>", "$KV.>", "$O.>", "$SYS.>", f"{PLATFORM_INBOX}.>"]
 
 
 class NatsServerError(RuntimeError):
@@ -68,8 +76,9 @@ class NatsServerConfig:
     max_payload: int = 8 * 1024 * 1024  # seed 001 sends 1 MB messages
     sync_always: bool = False  # fsync every write: survives power loss, costs throughput
 
-    def render(self, port: int, monitor_port: int) -> str:
+    def render(self, port: int, monitor_port: int, password: str) -> str:
         """The server's configuration file (nats-server's own format)."""
+        deny = ", ".join(_quoted(s) for s in DEVICE_DENY)
         lines = [
             f"server_name: {SERVER_NAME}",
             f"listen: 127.0.0.1:{port}",
@@ -79,6 +88,16 @@ class NatsServerConfig:
             f"  store_dir: {_quoted(str(self.store_dir))}",
             *(["  sync_interval: always"] if self.sync_always else []),
             "}",
+            "authorization {",
+            "  users = [",
+            f"    {{user: {PLATFORM_USER}, password: {_quoted(password)}}}",
+            f"    {{user: {DEVICE_USER}, permissions: {{",
+            f"      publish: {{deny: [{deny}]}}",
+            f"      subscribe: {{deny: [{deny}]}}",
+            "    }}",
+            "  ]",
+            "}",
+            f"no_auth_user: {DEVICE_USER}",
         ]
         if self.mqtt_port is not None:
             lines += ["mqtt {", f"  listen: 127.0.0.1:{self.mqtt_port}", "}"]
@@ -111,13 +130,38 @@ class NatsServer:
         self.port = config.port or free_tcp_port()
         self.monitor_port = config.monitor_port or free_tcp_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.password = self._password()
         self.restarts = 0
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
+        """The URL devices and functions use (no credentials: the device permissions)."""
         return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def platform_url(self) -> str:
+        """The URL with the platform's credentials (full access)."""
+        return f"nats://{PLATFORM_USER}:{self.password}@127.0.0.1:{self.port}"
+
+    @property
+    def password_file(self) -> Path:
+        return self.config.store_dir / "platform.password"
+
+    def _password(self) -> str:
+        """The platform user's password: made once, kept in the store dir (0600)."""
+        path = self.password_file
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        self.config.store_dir.mkdir(parents=True, exist_ok=True)
+        secret = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secret + "\n")
+        return secret
 
     @property
     def mqtt_url(self) -> str | None:
@@ -131,7 +175,9 @@ class NatsServer:
     def _config_file(self) -> Path:
         self.config.store_dir.mkdir(parents=True, exist_ok=True)
         path = self.config.store_dir / "nats-server.conf"
-        path.write_text(self.config.render(self.port, self.monitor_port))
+        path.touch(mode=0o600)  # it holds the platform's password
+        path.chmod(0o600)
+        path.write_text(self.config.render(self.port, self.monitor_port, self.password))
         return path
 
     @property

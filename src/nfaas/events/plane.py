@@ -83,7 +83,7 @@ class EventPlane:
                 mqtt = free_tcp_port()
             self.server = NatsServer(NatsServerConfig(self.config.store_dir, mqtt_port=mqtt))
             await self.server.start()
-            url = self.server.url
+            url = self.server.platform_url
         self.bus = Bus(url)
         await self.bus.connect()
         self._deliverer = Deliverer(self.bus, self.invoke, self._retry_of)
@@ -153,12 +153,13 @@ class EventPlane:
     def _slots_of(self, key: FunctionKey) -> Slots:
         return self.functions[key].slots
 
-    def _trigger_handler(self, key: FunctionKey, source: str):  # type: ignore[no-untyped-def]
+    def _trigger_handler(self, key: FunctionKey, trigger: Trigger):  # type: ignore[no-untyped-def]
         deliverer = self._deliverer
         assert deliverer is not None
+        batched = trigger.batch_size > 1
 
         async def handle(msgs: list[Msg]) -> None:
-            await deliverer.trigger(key, source, msgs)
+            await deliverer.trigger(key, trigger.kind, msgs, batched)
 
         return handle
 

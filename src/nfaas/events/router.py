@@ -31,7 +31,7 @@ from nfaas.node.logs import FunctionKey
 
 log = logging.getLogger("nfaas.events")
 NO_SUBJECTS = "nfaas.events.none"  # a stream needs a subject; this one nobody publishes to
-TriggerHandler = Callable[[FunctionKey, str], Callable[[list[Msg]], Awaitable[None]]]
+TriggerHandler = Callable[[FunctionKey, Trigger], Callable[[list[Msg]], Awaitable[None]]]
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ class Router:
                 self.bus,
                 spec,
                 self.slots_of(binding.key),
-                self.handler(binding.key, trigger.kind),
+                self.handler(binding.key, trigger),
             )
             try:
                 await loop.ensure()

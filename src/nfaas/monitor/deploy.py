@@ -149,6 +149,7 @@ def _ensure_dashboards_topic(http: httpx.Client, namespace: str) -> str:
         "name": name,
         "subjects": [f"{name}.*"],
         "max_msgs_per_subject": 1,
+        "max_bytes": "16Mi",  # reserved on the node; a dashboard is a few hundred bytes
         "description": f"dashboards of monitoring deployment {namespace!r}, one per experiment",
         "labels": {"monitoring.role": "dashboards", "monitoring.deployment": namespace},
     }

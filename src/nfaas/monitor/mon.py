@@ -162,14 +162,18 @@ class Config:
         namespace: str = "monitoring",
         functions_url: str = "",
         topic_max_age: str = "24h",
+        topic_max_bytes: str = "64Mi",
         store_max_age: str = "168h",
-        store_max_bytes: str = "256Mi",
+        store_max_bytes: str = "128Mi",
     ) -> None:
         self.url = url  # the platform: topics API and, by default, the functions
         self.token = token
         self.namespace = namespace
         self.functions_url = functions_url or url  # an always-on server in the benchmark
+        # JetStream sets each topic's max_bytes aside on the node when the topic is made: an
+        # experiment of the seed has 20 topics and as many stores, so keep both modest
         self.topic_max_age = topic_max_age  # the data topics: a transport, kept a day
+        self.topic_max_bytes = topic_max_bytes
         self.store_max_age = store_max_age  # the stores: the experiment's record
         self.store_max_bytes = store_max_bytes
 
@@ -182,8 +186,9 @@ class Config:
             namespace=env.get("MONITOR_NAMESPACE", "monitoring"),
             functions_url=env.get("NFAAS_FUNCTIONS_URL", "").rstrip("/"),
             topic_max_age=env.get("MONITOR_TOPIC_MAX_AGE", "24h"),
+            topic_max_bytes=env.get("MONITOR_TOPIC_MAX_BYTES", "64Mi"),
             store_max_age=env.get("MONITOR_STORE_MAX_AGE", "168h"),
-            store_max_bytes=env.get("MONITOR_STORE_MAX_BYTES", "256Mi"),
+            store_max_bytes=env.get("MONITOR_STORE_MAX_BYTES", "128Mi"),
         )
 
     @property
@@ -501,6 +506,7 @@ class Monitor:
     def topic_settings(self, topic: TopicName) -> dict[str, Any]:
         return {
             "max_age": self.config.topic_max_age,
+            "max_bytes": self.config.topic_max_bytes,
             "description": f"monitoring data of experiment {topic.exp_id}",
             "labels": {
                 **topic.labels(),

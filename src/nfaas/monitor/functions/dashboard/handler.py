@@ -63,6 +63,11 @@ def number(record: dict[str, Any]) -> float | None:
     return None
 
 
+def clock(stamp: str | None) -> str:
+    """An ISO time as "2024-05-01 12:00:00" (the platform's times are UTC)."""
+    return (stamp or "")[:19].replace("T", " ")
+
+
 def sparkline(values: list[float], width: int = 240, height: int = 40) -> str:
     if len(values) < 2:
         return ""
@@ -128,12 +133,12 @@ def experiment_page(dashboard: dict[str, Any], metrics: list[dict[str, Any]]) ->
         rows.append(
             f"<tr><td>{e(str(m['metric']))}</td><td>{e(str(m['site']))}</td>"
             f"<td>{e(str(m['type']))}</td><td>{m['records']}</td>"
-            f"<td><code>{e(shown)}</code></td><td>{e(last['time'] if last else '')}</td>"
+            f"<td><code>{e(shown)}</code></td><td>{e(clock(last['time']) if last else '')}</td>"
             f"<td>{sparkline(values)}</td></tr>"
         )
     table = (
         "<table><tr><th>metric</th><th>site</th><th>type</th><th>records</th>"
-        "<th>latest</th><th>at</th><th>last records</th></tr>" + "".join(rows) + "</table>"
+        "<th>latest</th><th>at (UTC)</th><th>last records</th></tr>" + "".join(rows) + "</table>"
         if rows
         else "<p>No store left for this experiment.</p>"
     )
