@@ -34,6 +34,7 @@ from nfaas.bench.pubsub import (
     targets,
     topic_loads,
     workload_a,
+    without_credentials,
     workload_b,
 )
 from nfaas.bench.pubsub_load import Timeline, due_messages, split_round_robin, window_sum
@@ -205,6 +206,11 @@ def test_limited_by_blames_a_busy_generator_before_the_broker() -> None:
     assert limited_by(late) == "generator (behind its schedule)"
 
 
+def test_credentials_stay_out_of_results() -> None:
+    assert without_credentials("nats://nfaas:s3cret@127.0.0.1:4222") == "nats://127.0.0.1:4222"
+    assert without_credentials("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
+
+
 def test_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="must exceed the warm-up"):
         Settings(seconds=1.0, warmup=1.0)
@@ -234,7 +240,7 @@ def tiny_rows(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, A
         await server.start()
         try:
             return {
-                mode: await run_step(TINY, mode, server.url, TINY_SETTINGS, server.pid)
+                mode: await run_step(TINY, mode, server.platform_url, TINY_SETTINGS, server.pid)
                 for mode in MODES
             }
         finally:
@@ -287,6 +293,7 @@ def test_run_saves_results_table_and_plot(tmp_path: Path) -> None:
     assert {"cores", "cpu", "kernel", "memory_gib"} <= set(saved.pop("machine"))
     assert saved == json.loads(json.dumps(results["b"]))
     assert saved["broker"]["started_by_bench"] and saved["broker"]["cpu_measured"]
+    assert "@" not in saved["broker"]["url"]  # the platform's password is not in the results
     assert [(r["level"], r["mode"]) for r in saved["rows"]] == [(1, "jetstream"), (1, "core")]
     for row in saved["rows"]:
         assert 0.0 <= row["io_ratio_after_drain"] <= 1.0

@@ -31,8 +31,10 @@ from nfaas.worker.command import ProgramError, expand, resolve
 NATS_SERVER = str(BIN / "nats-server")
 MOSQUITTO = "/usr/sbin/mosquitto"
 EXAMPLE = REPO / "examples" / "broker-nats"
-CONTAINERS = shutil.which("runc") is not None and os.getuid() == 0
-needs_containers = pytest.mark.skipif(not CONTAINERS, reason="the container tier needs runc, root")
+BRIDGED = all(shutil.which(tool) for tool in ("runc", "ip", "nsenter")) and os.getuid() == 0
+needs_bridged = pytest.mark.skipif(
+    not BRIDGED, reason="bridged containers need runc, iproute2, nsenter and root"
+)
 
 MOSQUITTO_CONF = """\
 listener 1883
@@ -256,7 +258,7 @@ def test_program_exiting_at_once_is_a_visible_crash_loop(platform: Platform, uni
 
 
 # -- container tier ---------------------------------------------------------------------------
-@needs_containers
+@needs_bridged
 def test_container_bridged_nats_example_at_its_own_address(platform: Platform, unique_name) -> None:
     """examples/broker-nats as it is: nats-server found on PATH, its config from the bundle,
     $(NFAAS_ADDRESS) and $(HOME) on its command line, JetStream storing under $HOME."""
@@ -292,8 +294,11 @@ def test_container_bridged_nats_example_at_its_own_address(platform: Platform, u
     wait_until(lambda: pid_gone(second["pid"]), timeout=10, what="the program gone after remove")
 
 
-@needs_containers
-@pytest.mark.skipif(not os.path.exists(MOSQUITTO), reason="Mosquitto is not installed")
+@needs_bridged
+@pytest.mark.skipif(
+    not os.path.exists(MOSQUITTO) or not shutil.which("mosquitto_pub"),
+    reason="Mosquitto and its clients are not installed",
+)
 def test_container_mosquitto_with_its_config_in_the_bundle(platform: Platform, unique_name) -> None:
     name = unique_name("cmd-mqtt")
     spec = {"isolation": "container", "network": "bridged", "scale": {"max": 1}}

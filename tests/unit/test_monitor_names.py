@@ -1,9 +1,11 @@
 """Monitoring topic names ``<useCase>.<expId>.<site>.<type>.<metric>``: the validator
 (nfaas.monitor.mon.parse_topic) accepts exactly the valid ones and names the rule and the part
-every other one breaks."""
+every other one breaks. Also the answer parser of mon's small HTTP/1.1 client, which every
+monitoring function uses (it reads what uvicorn sends: content-length or chunked bodies)."""
 
 from __future__ import annotations
 
+import io
 import string
 
 import pytest
@@ -20,6 +22,7 @@ from nfaas.monitor.mon import (
     TopicName,
     TopicNameError,
     parse_topic,
+    read_response,
 )
 
 ALPHABET = string.ascii_letters + string.digits + "_-"
@@ -156,3 +159,65 @@ def test_any_text_is_either_a_valid_name_or_an_error_naming_a_rule(text: str) ->
 def test_the_first_broken_rule_is_reported_in_part_order() -> None:
     error = rejects("u c..s.bad.m")  # useCase has a space, expId is empty, type is wrong
     assert (error.rule, error.part) == ("charset", "useCase")
+
+
+# --- mon's HTTP answers -----------------------------------------------------------------------
+
+
+def chunked(body: bytes, sizes: list[int]) -> bytes:
+    out, rest = b"", body
+    for size in sizes:
+        if not rest:
+            break
+        piece, rest = rest[: max(size, 1)], rest[max(size, 1) :]
+        out += f"{len(piece):x};ext=1\r\n".encode() + piece + b"\r\n"
+    if rest:
+        out += f"{len(rest):X}\r\n".encode() + rest + b"\r\n"
+    return out + b"0\r\nx-trailer: 1\r\n\r\n"
+
+
+@given(st.binary(max_size=3000), st.lists(st.integers(1, 700), max_size=8))
+def test_a_chunked_answer_is_read_whole_and_the_next_one_after_it(
+    body: bytes, sizes: list[int]
+) -> None:
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: a/b\r\n\r\n"
+    after = b"HTTP/1.1 204 No Content\r\nserver: x\r\n\r\n"
+    reader = io.BytesIO(head + chunked(body, sizes) + after)
+    assert read_response(reader, "GET") == (
+        200,
+        {"transfer-encoding": "chunked", "content-type": "a/b"},
+        body,
+        True,
+    )
+    assert read_response(reader, "DELETE") == (204, {"server": "x"}, b"", True)
+
+
+@given(st.binary(max_size=2000))
+def test_a_sized_answer_is_read_to_its_length(body: bytes) -> None:
+    raw = b"HTTP/1.1 201 Created\r\ncontent-length: %d\r\n\r\n" % len(body) + body + b"extra"
+    status, _, data, keep = read_response(io.BytesIO(raw), "POST")
+    assert (status, data, keep) == (201, body, True)
+
+
+def test_a_connection_close_answer_ends_the_connection() -> None:
+    raw = b"HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\n\r\nthe rest"
+    assert read_response(io.BytesIO(raw), "GET") == (
+        502,
+        {"connection": "close"},
+        b"the rest",
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+    ],
+)
+def test_a_cut_or_garbled_answer_is_an_error_not_a_short_body(raw: bytes) -> None:
+    with pytest.raises((ConnectionError, ValueError)):
+        read_response(io.BytesIO(raw), "GET")

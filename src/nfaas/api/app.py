@@ -115,6 +115,10 @@ def function_status(
     }
     if spec.ports:
         out["ports"] = spec.ports
+    if spec.command:
+        out["command"] = list(spec.command)
+    if spec.triggers:
+        out["triggers"] = [t.to_manifest() for t in spec.triggers]
     if detail:
         out["envVars"] = spec.env
         out["status"] = platform.status(record)

@@ -179,3 +179,17 @@ def pubsub(
         producers=producers,
         consumers=consumers,
     )
+
+
+@bench_app.command("async")
+def async_calls(
+    connections: int = typer.Option(32, help="wrk connections for the accept rate."),
+    seconds: int = typer.Option(10, help="Seconds per wrk run."),
+    rounds: int = typer.Option(3, help="Alternating rounds of async accept and sync invoke."),
+    calls: int = typer.Option(10_000, help="Calls in the kill -9 run."),
+) -> None:
+    """Async calls: accept rate vs the sync path, and none lost across kill -9 of nats-server
+    and of nfaas in the middle of a run."""
+    from nfaas.bench.async_calls import run
+
+    run(connections, seconds, rounds, calls)

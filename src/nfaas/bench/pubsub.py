@@ -44,6 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from nfaas.bench.pubsub_load import (
     BIN_S,
@@ -426,7 +427,7 @@ async def run_step(
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     jetstream = mode == "jetstream"
     token = f"{os.getpid()}x{time.monotonic_ns() % 10**9}"
-    nc = await nats.connect(url, connect_timeout=5)
+    nc = await nats.connect(url, connect_timeout=5, error_cb=_quiet)
     js = nc.jetstream()
     streams: list[str] = []
     procs: _Processes | None = None
@@ -777,7 +778,8 @@ async def run_async(
             store = tempfile.TemporaryDirectory(prefix="nfaas-bench-pubsub-")
             server = NatsServer(NatsServerConfig(store_dir=Path(store.name)))
             await server.start()
-            url, broker_pid = server.url, server.pid
+            # the platform's user: the device user may not touch the JetStream API
+            url, broker_pid = server.platform_url, server.pid
         broker = await _broker_info(url, broker_pid, local=server is not None)
         results: dict[str, dict[str, Any]] = {}
         for workload in workloads:
@@ -805,20 +807,39 @@ async def run_async(
             store.cleanup()
 
 
+def without_credentials(url: str) -> str:
+    """`url` without its user and password, for results and messages."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def _quiet(exc: Exception) -> None:  # errors surface as exceptions where they matter
+    return None
+
+
 async def _broker_info(url: str, pid: int | None, local: bool) -> dict[str, Any]:
     import nats
 
-    nc = await nats.connect(url, connect_timeout=5)
+    public = without_credentials(url)
+    nc = await nats.connect(url, connect_timeout=5, error_cb=_quiet, max_reconnect_attempts=1)
     try:
         info = dict(nc._server_info)  # what the server said in its INFO line
         try:
             await nc.jetstream().account_info()
         except Exception as exc:
-            raise RuntimeError(f"JetStream is not available at {url}: {exc}") from None
+            raise RuntimeError(
+                f"JetStream is not available to this user at {public}: {exc}"
+            ) from None
     finally:
         await nc.close()
     return {
-        "url": url,
+        "url": public,
         "started_by_bench": local,
         "pid": pid,
         "version": info.get("version"),

@@ -226,6 +226,12 @@ def validate_spec(
     scale = _scale(("scale",), _mapping(("scale",), raw.get("scale", {})))
     ports = _ports(raw.get("ports"), runtime, isolation, scale)
     command = _command(raw.get("command"), runtime)
+    if runtime == "command" and isolation == "microvm":
+        raise SpecError(
+            ("isolation",),
+            "runtime command needs isolation process or container: the guest image holds "
+            "only the python worker, not the node's programs",
+        )
     try:
         triggers = tuple(parse_triggers(raw.get("triggers")))
     except TriggerError as exc:

@@ -42,7 +42,7 @@ RETENTIONS = {
 }
 STORAGES = {"file": StorageType.FILE, "memory": StorageType.MEMORY}
 LABEL_PREFIX = "label."
-DEFAULT_MAX_BYTES = 1024**3  # a topic without limits must not fill the node's disk
+DEFAULT_MAX_BYTES = 128 * 1024**2  # a topic must not fill the disk; JetStream sets it aside
 
 
 class TopicError(ValueError):
