@@ -33,8 +33,8 @@ from nfaas.bench.pubsub import (
     run_step,
     targets,
     topic_loads,
-    workload_a,
     without_credentials,
+    workload_a,
     workload_b,
 )
 from nfaas.bench.pubsub_load import Timeline, due_messages, split_round_robin, window_sum

@@ -307,6 +307,8 @@ def test_a_redelivered_record_is_stored_once(monitoring: Monitoring) -> None:
         )
         assert answer.status_code == 200, answer.text
         assert answer.json()["ignored"][0]["rule"] == "parts"
+    # sequence 7 came first alone (empty body), so the batch's 7 is the same record: only the
+    # single one and the batch's 8 are stored, each once
     records = monitoring.records(exp_id)
     assert [(r["data"], r["encoding"]) for r in records] == [("", "utf-8"), ("AP8=", "base64")]
     assert len(monitoring.dashboard_messages(exp_id)) == 1

@@ -49,6 +49,7 @@ def handle(event, context):
         return "already done"
     return "done"
 """
+NO_GUESTS = ["--microvm-pool", "0", "--container-pool", "0"]  # process tier only
 POST_LUA = 'wrk.method = "POST"\nwrk.body = "x"\n'
 
 
@@ -62,7 +63,7 @@ def accept_rate(connections: int, seconds: int, rounds: int) -> dict[str, Any]:
     script = Path(tempfile.mkdtemp()) / "post.lua"
     script.write_text(POST_LUA)
     runs: dict[str, list[dict[str, float]]] = {"async": [], "sync": []}
-    with PlatformProcess() as platform:
+    with PlatformProcess(NO_GUESTS) as platform:
         spec = {"public": True, "scale": {"min": 1, "max": 2, "target_concurrency": 8}}
         _deploy_source(platform, "noop", NOOP, spec)
         httpx.post(f"{platform.url}/function/noop").raise_for_status()
@@ -165,7 +166,7 @@ def kill_run(count: int, timeout: float = 900.0) -> dict[str, Any]:
     effects.mkdir()
     _writable(effects, 0o777)
     events: list[str] = []
-    with PlatformProcess() as platform:
+    with PlatformProcess(NO_GUESTS) as platform:
         spec = {
             "env": {"RUNS": str(runs), "EFFECTS": str(effects)},
             "scale": {"max": 2, "target_concurrency": 4},

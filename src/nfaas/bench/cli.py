@@ -193,3 +193,17 @@ def async_calls(
     from nfaas.bench.async_calls import run
 
     run(connections, seconds, rounds, calls)
+
+
+@bench_app.command("monitor")
+def monitor(
+    runs: int = typer.Option(20, help="Create+delete pairs per mode."),
+    topics: int = typer.Option(2, help="Topics per chain call."),
+    shell_pools: str = typer.Option(
+        "2,5", help="Shell-pool sizes, one platform each; the first is the headline."
+    ),
+) -> None:
+    """Monitoring management chains (seed 001 §IV-C): warm vs cold vs always-on."""
+    from nfaas.bench.monitor_chains import run
+
+    run(runs, topics, tuple(int(x) for x in shell_pools.split(",")))

@@ -19,6 +19,7 @@ from rich.table import Table
 from nfaas.cli.calls import calls_app
 from nfaas.cli.client import DEFAULT_DATA, ApiError, Client
 from nfaas.cli.common import JSON_OPT, NS_OPT, call, client, emit_json, err, fail, out
+from nfaas.cli.monitor import monitor_app
 from nfaas.cli.topics import topic_app
 from nfaas.core.bundle import pack
 from nfaas.core.manifest import ManifestError, load_manifest
@@ -34,6 +35,7 @@ token_app = typer.Typer(
 app.add_typer(token_app, name="token")
 app.add_typer(calls_app, name="calls")
 app.add_typer(topic_app, name="topic")
+app.add_typer(monitor_app, name="monitor")
 
 
 @app.command()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import itertools
 import json
 import logging
@@ -205,6 +206,7 @@ class MicroVmShell(StreamShell):
                 stdout=log_w,
                 stderr=log_w,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,  # a killed nfaas must not leave guests running
             )
         finally:
             os.close(log_w)
@@ -387,3 +389,11 @@ class MicroVmDriver(Driver):
             "image": str(self.image),
             "guest_reserve_mib": GUEST_RESERVE_MIB,
         }
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
