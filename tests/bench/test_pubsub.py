@@ -203,6 +203,9 @@ def test_limited_by_blames_a_busy_generator_before_the_broker() -> None:
     assert limited_by(quiet) == "broker"
     late = _row("a", 3, 0.9, 1.0)
     late["messages"]["skipped_late"] = 5
+    late["cpu"]["consumers_pct"] = [20.0]
+    assert limited_by(late) == "CPU (machine 99 % busy; generator fell behind)"
+    late["cpu"]["machine_busy_pct"] = 60.0
     assert limited_by(late) == "generator (behind its schedule)"
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -61,14 +63,24 @@ class Recorder:
 
 
 def queue_calls(platform: Platform, name: str, count: int) -> list[str]:
+    """Accept ``count`` calls with ids of our own. While the bus restarts an accept may be
+    refused (503: not stored); a client re-sends it with the same X-Call-Id, which the
+    platform deduplicates — so only 202s count, and every id ends up accepted once."""
     accepted = []
     with httpx.Client(base_url=platform.url, timeout=30) as http:
         for _ in range(count):
-            answer = http.post(
-                f"/async-function/{name}", headers={"authorization": f"Bearer {platform.token}"}
-            )
+            call_id = uuid.uuid4().hex
+            for _attempt in range(20):
+                answer = http.post(
+                    f"/async-function/{name}",
+                    headers={"authorization": f"Bearer {platform.token}", "X-Call-Id": call_id},
+                )
+                if answer.status_code != 503:
+                    break
+                time.sleep(0.5)
             assert answer.status_code == 202, answer.text
-            accepted.append(answer.headers["x-call-id"])
+            assert answer.headers["x-call-id"] == call_id
+            accepted.append(call_id)
     return accepted
 
 

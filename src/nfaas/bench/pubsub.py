@@ -610,21 +610,28 @@ def _round(value: float | None, digits: int = 5) -> float | None:
 
 
 def limited_by(row: dict[str, Any]) -> str:
-    """What most likely held a step back: nothing, the generator, the CPUs, or the broker."""
+    """What most likely held a step back: nothing, the generator, the CPUs, or the broker.
+
+    A generator process near a full core is the generator's own limit; a machine with every
+    core busy is contention (broker, generator and whatever else runs there); a generator
+    behind its schedule on a machine with idle time is the generator; else the broker.
+    """
     messages = row["messages"]
     kept_up = (
         worst_ratio(row) >= RATIO_FLOOR and messages["errors"] == 0 and messages["timeouts"] == 0
     )
     if kept_up:
         return "-"
-    if messages["skipped_late"] > messages["offered"] * (1 - RATIO_FLOOR):
-        return "generator (behind its schedule)"
     cpu = row["cpu"]
     generator = [p for p in cpu["producers_pct"] + cpu["consumers_pct"] if p is not None]
     if generator and max(generator) >= GENERATOR_BUSY_PCT:
         return f"generator (a process at {max(generator):.0f} %)"
+    late = messages["skipped_late"] > messages["offered"] * (1 - RATIO_FLOOR)
     if (cpu["machine_busy_pct"] or 0) >= MACHINE_BUSY_PCT:
-        return f"CPU (machine {cpu['machine_busy_pct']:.0f} % busy)"
+        starved = "; generator fell behind" if late else ""
+        return f"CPU (machine {cpu['machine_busy_pct']:.0f} % busy{starved})"
+    if late:
+        return "generator (behind its schedule)"
     return "broker"
 
 

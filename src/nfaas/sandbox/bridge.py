@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
+from pathlib import Path
 
 BRIDGE = "nfaas0"
 NETWORK = ipaddress.ip_network("198.18.0.0/15")
@@ -27,6 +29,32 @@ async def _ip(*args: str) -> None:
     _, err = await process.communicate()
     if process.returncode != 0:
         raise BridgeError(f"ip {' '.join(args)}: {err.decode().strip()}")
+
+
+LEASES = Path("/run/nfaas-bridge-leases")  # tmpfs: gone at reboot, with the bridge
+
+
+def _lease(address: ipaddress.IPv4Address) -> bool:
+    """Take the host-wide lease on ``address`` for this process, if nobody alive holds it."""
+    LEASES.mkdir(mode=0o700, exist_ok=True)
+    path = LEASES / str(address)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            try:
+                holder = int(path.read_text() or "0")
+            except (OSError, ValueError):
+                holder = 0
+            if holder == os.getpid() or (holder and Path(f"/proc/{holder}").exists()):
+                return False
+            with contextlib.suppress(OSError):
+                path.unlink()  # its holder is gone
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(os.getpid()))
+        return True
+    return False
 
 
 class Bridge:
@@ -50,15 +78,24 @@ class Bridge:
         await _ip("link", "set", self.name, "up")
 
     def take_address(self) -> ipaddress.IPv4Address:
-        if self._free:
-            return self._free.pop()
-        address = ipaddress.IPv4Address(self._next)
-        if address not in NETWORK or address == NETWORK.broadcast_address:
-            raise BridgeError("198.18.0.0/15 is exhausted")
-        self._next += 1
-        return address
+        """A free address, leased on the host: every nfaas on a node shares the bridge, so
+        the lease (a file naming the holder's pid) keeps two platforms from handing out the
+        same address (a lease whose holder is gone is taken over)."""
+        while self._free:
+            address = self._free.pop()
+            if _lease(address):
+                return address
+        while True:
+            address = ipaddress.IPv4Address(self._next)
+            if address not in NETWORK or address == NETWORK.broadcast_address:
+                raise BridgeError("198.18.0.0/15 is exhausted")
+            self._next += 1
+            if _lease(address):
+                return address
 
     def give_back(self, address: ipaddress.IPv4Address) -> None:
+        with contextlib.suppress(OSError):
+            (LEASES / str(address)).unlink()
         self._free.append(address)
 
     async def attach(self, pid: int, host_end: str, address: ipaddress.IPv4Address) -> None:
