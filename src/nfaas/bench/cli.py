@@ -207,3 +207,14 @@ def monitor(
     from nfaas.bench.monitor_chains import run
 
     run(runs, topics, tuple(int(x) for x in shell_pools.split(",")))
+
+
+@bench_app.command("broker-vnf")
+def broker_vnf(
+    topics: str = typer.Option("1,5,10,15,20", help="Topic counts (5.12 Mb/s each)."),
+    seconds: float = typer.Option(10.0, help="Seconds per step."),
+) -> None:
+    """Seed 000's broker VNF: nats-server as a container-tier command function, workload (b)."""
+    from nfaas.bench.broker_vnf import run
+
+    run(tuple(int(x) for x in topics.split(",")), seconds)

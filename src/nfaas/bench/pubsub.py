@@ -276,6 +276,7 @@ class Settings:
     drain_idle: float = 1.0  # stop draining consumers after this long without a delivery
     drain_max: float = 10.0
     ready_timeout: float = 60.0
+    stream_max_bytes: int = STREAM_MAX_BYTES  # a broker VNF's store is its instance's tmpfs
 
     def __post_init__(self) -> None:
         if self.seconds <= self.warmup:
@@ -384,7 +385,9 @@ def _spawn(step: Step, jetstream: bool, url: str, settings: Settings, token: str
     return procs
 
 
-async def _create_streams(js: Any, topics: Sequence[Topic]) -> list[str]:
+async def _create_streams(
+    js: Any, topics: Sequence[Topic], max_bytes: int = STREAM_MAX_BYTES
+) -> list[str]:
     from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
     created: list[str] = []
@@ -396,7 +399,7 @@ async def _create_streams(js: Any, topics: Sequence[Topic]) -> list[str]:
                     subjects=[topic.subject],
                     storage=StorageType.FILE,
                     retention=RetentionPolicy.LIMITS,
-                    max_bytes=STREAM_MAX_BYTES,
+                    max_bytes=max_bytes,
                     discard=DiscardPolicy.OLD,
                     num_replicas=1,
                 )
@@ -433,7 +436,7 @@ async def run_step(
     procs: _Processes | None = None
     try:
         if jetstream:
-            streams = await _create_streams(js, step.topics)
+            streams = await _create_streams(js, step.topics, settings.stream_max_bytes)
         procs = _spawn(step, jetstream, url, settings, token)
         for process in procs.consumers:
             process.start()
@@ -852,7 +855,11 @@ async def _broker_info(url: str, pid: int | None, local: bool) -> dict[str, Any]
         "version": info.get("version"),
         "max_payload": info.get("max_payload"),
         "cpu_measured": pid is not None,
-        "storage": "file (JetStream default sync: fsync every 2 min, not per message)",
+        "storage": (
+            "file (JetStream default sync: fsync every 2 min, not per message)"
+            if local
+            else "file (the broker's own sync setting)"
+        ),
     }
 
 
@@ -984,19 +991,27 @@ def run(
 
 __all__ = [
     "ANCHORS",
+    "MODES",
     "Settings",
     "Step",
     "Topic",
+    "durability_table",
     "experiment_topics",
     "latency_ms",
     "limited_by",
+    "merge_timelines",
     "offered_between",
     "parse_levels",
+    "per_second",
+    "plot",
     "run",
     "run_async",
     "run_step",
+    "step_table",
     "targets",
     "topic_loads",
+    "without_credentials",
     "workload_a",
     "workload_b",
+    "worst_ratio",
 ]
