@@ -229,14 +229,7 @@ class Topics:
         return describe(topic, info)
 
     async def get(self, name: str) -> dict[str, Any]:
-        try:
-            info = await self.bus.js.stream_info(names.topic_stream(name))
-        except NotFoundError:
-            raise TopicNotFound(f"topic {name!r} not found") from None
-        topic = topic_from_stream(info)
-        if topic is None:
-            raise TopicNotFound(f"topic {name!r} not found")
-        return describe(topic, info)
+        return describe(*await self._found(name))
 
     async def all(self) -> list[dict[str, Any]]:
         out = []
@@ -288,6 +281,10 @@ class Topics:
         return out
 
     async def _topic(self, name: str) -> Topic:
+        return (await self._found(name))[0]
+
+    async def _found(self, name: str) -> tuple[Topic, StreamInfo]:
+        """The topic and its stream's state; TopicNotFound (404) if there is no such topic."""
         try:
             info = await self.bus.js.stream_info(names.topic_stream(name))
         except NotFoundError:
@@ -295,7 +292,7 @@ class Topics:
         topic = topic_from_stream(info)
         if topic is None:
             raise TopicNotFound(f"topic {name!r} not found")
-        return topic
+        return topic, info
 
     async def _conflict_or_bad(self, topic: Topic, exc: APIError) -> Exception:
         text = exc.description or str(exc)

@@ -107,6 +107,11 @@ class Bridge:
         await _nsenter(pid, "ip", "link", "set", peer, "name", "eth0")
         await _nsenter(pid, "ip", "addr", "add", f"{address}/{NETWORK.prefixlen}", "dev", "eth0")
         await _nsenter(pid, "ip", "link", "set", "eth0", "up")
+        # The address may have belonged to an instance that is gone: the host's neighbour
+        # entry would still point at that one's MAC, and clients' packets go nowhere until
+        # it expires (tens of seconds). Forget it now.
+        with contextlib.suppress(BridgeError):
+            await _ip("neigh", "flush", "to", str(address), "dev", self.name)
 
     async def detach(self, host_end: str) -> None:
         with contextlib.suppress(BridgeError):  # may be gone with the container's namespace
