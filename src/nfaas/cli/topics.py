@@ -154,18 +154,9 @@ def topic_update(
     """Change some of a topic's settings; the others keep their current values."""
     api = client()
     current = call(api.json, "GET", _path(name))
-    keep = (
-        "subjects",
-        "retention",
-        "storage",
-        "max_age",
-        "max_bytes",
-        "max_msgs",
-        "max_msgs_per_subject",
-        "max_msg_size",
-        "labels",
-        "description",
-    )
+    from nfaas.events.topics import Topic  # the settings a PUT replaces: all of Topic's
+
+    keep = [field for field in Topic.__struct_fields__ if field != "name"]
     body = {k: current[k] for k in keep if k in current}
     body.update(
         _settings(
