@@ -230,9 +230,7 @@ class MicroVmShell(StreamShell):
             if time.monotonic() - started > 10:
                 raise SandboxError("QEMU did not open its sockets")
             await asyncio.sleep(0.005)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, sock_path)
+        sock = await self._connect_when_listening(sock_path, started)
         _, self.stream = await asyncio.get_running_loop().create_unix_connection(
             lambda: WorkerStream(self._lost), sock=sock
         )
@@ -241,6 +239,22 @@ class MicroVmShell(StreamShell):
         if not isinstance(reply, Pong):
             raise SandboxError("the guest did not say hello")
         self._qmp = await Qmp.connect(str(self.dir / "qmp.sock"))
+
+    async def _connect_when_listening(self, sock_path: str, started: float) -> socket.socket:
+        # QEMU binds the socket (the file appears) a moment before it listens: refused until then
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                await asyncio.get_running_loop().sock_connect(sock, sock_path)
+                return sock
+            except ConnectionRefusedError:
+                sock.close()
+                if self._process is None or self._process.returncode is not None:
+                    raise SandboxError("QEMU exited") from None
+                if time.monotonic() - started > 10:
+                    raise
+                await asyncio.sleep(0.005)
 
     async def _watch(self, process: asyncio.subprocess.Process) -> None:
         status = await process.wait()
