@@ -12,6 +12,7 @@ from typing import Any
 import nats
 import pytest
 from platform_harness import Platform, wait_until
+from prometheus_client.parser import text_string_to_metric_families
 
 ECHO = """
 def handle(event, context):
@@ -363,3 +364,36 @@ def test_devices_cannot_queue_calls_or_use_the_jetstream_api(platform: Platform)
     assert api is False
     errors, api = asyncio.run(probe(platform.nats_url(admin=True), forge=False))
     assert api is True and not errors
+
+
+def test_event_plane_counters_in_metrics(
+    platform: Platform, unique_name: Callable[[str], str]
+) -> None:
+    name = unique_name("async-metrics")
+    platform.deploy(name, FLAKY, {"retry": FAST_RETRY})
+    headers = {"X-Call-Id": f"{name}-1"}
+    call_id = queue(platform, name, params={"until": "2"}, headers=headers)
+    assert queue(platform, name, params={"until": "2"}, headers=headers) == call_id  # re-sent
+    assert settled(platform, call_id)["attempts"] == 2
+    (cold,) = platform.status(name)["cold_starts"]
+    assert cold["trigger"] == "async"  # what woke it, not "request"
+
+    text = platform.get("/metrics", token=None).text
+    found = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    label = ("function_name", f"{name}.default")
+
+    def sample(metric: str, **labels: str) -> float | None:
+        return found.get((metric, tuple(sorted([label, *labels.items()]))))
+
+    assert sample("nfaas_async_calls_accepted_total") == 1  # the re-sent id counts once
+    assert sample("nfaas_event_deliveries_total", kind="call", outcome="succeeded") == 1
+    assert sample("nfaas_event_deliveries_total", kind="call", outcome="retried") == 1
+    assert sample("nfaas_event_deliveries_total", kind="call", outcome="dead") == 0
+    assert sample("nfaas_event_deliveries_in_flight") == 0
+    assert found[("nfaas_bus_connected", ())] == 1
+    assert ("nfaas_nats_server_restarts_total", ()) in found
+    assert ("nfaas_callbacks_total", (("outcome", "failed"),)) in found

@@ -129,6 +129,7 @@ def test_nats_publish_wakes_a_function_at_zero(
     assert f"got subject={name}.dev1.temp source=nats attempt=1 body=21.5" in lines
     status = platform.status(name)
     assert len(status["cold_starts"]) == 1  # the message started the first instance
+    assert status["cold_starts"][0]["trigger"] == "nats"
     assert status["cold_starts"][0]["first_response"] > 0
     assert status["events"]["succeeded"] == 1
     wait_until(lambda: settled(nats_url, EVENTS_STREAM, f"{name}.*.temp"), what="the ack")
@@ -180,7 +181,9 @@ def test_topic_trigger_binds_when_the_topic_appears(platform: Platform, unique_n
         lambda: platform.status(name).get("events", {}).get("triggers", {}).get("problems"),
         what="the missing topic to be reported",
     )
-    assert problems == [f"trigger 0 (topic {topic}): topic {topic!r} does not exist (yet)"]
+    assert problems == [
+        f"trigger 0 (topic {topic}): topic {topic!r} does not exist (yet) in namespace 'default'"
+    ]
 
     created = platform.request("POST", "/system/topics", json={"name": topic})
     assert created.status_code == 201, created.text
@@ -534,17 +537,73 @@ def test_new_batch_settings_apply_on_redeploy(
     assert max(sizes) <= 3, sizes
 
 
-def test_a_topic_over_trigger_subjects_is_409_naming_them(platform: Platform, unique_name) -> None:
+def test_a_topic_takes_over_trigger_subjects_and_their_backlog_drains(
+    platform: Platform, unique_name, nats_url: str
+) -> None:
     """A trigger's subject no topic holds is captured by the platform's events stream; a topic
-    made later over it is refused, saying so (make the topic first, then the trigger)."""
+    made later over it takes the subject over. What the events stream already holds is still
+    delivered, later messages come through the topic: none lost, none run twice."""
     name = unique_name("trg-taken")
-    platform.deploy(name, RECORDER, {"triggers": [{"nats": f"{name}.*.temp"}]})
+    subject = f"{name}.dev1.temp"
+    spec = {"triggers": [{"nats": f"{name}.*.temp"}], "retry": {"backoff": "3s"}}
+    platform.deploy(name, FLAKY, spec)
     wait_bound(platform, name)
+    nats_publish(nats_url, [(subject, b"flaky-old")])  # fails once: waits 3 s in the stream
+    platform.wait_for_log(name, "fail flaky-old attempt=1")
     answer = platform.request(
         "POST", "/system/topics", json={"name": name, "subjects": [f"{name}.>"]}
     )
+    assert answer.status_code == 201, answer.text
+    stream = answer.json()["stream"]
+    nats_publish(nats_url, [(subject, b"new-1")])  # the topic stores it now
+    platform.wait_for_log(name, "ok new-1 attempt=1")
+    platform.wait_for_log(name, "ok flaky-old attempt=2")
+
+    def moved() -> bool:
+        consumers = platform.status(name)["events"]["triggers"]["consumers"]
+        return [c["stream"] for c in consumers] == [stream]
+
+    wait_until(moved, timeout=30, what="the drained events-stream consumer to go")
+    lines = platform.logs(name)
+    assert lines.count("ok new-1 attempt=1") == 1
+    assert lines.count("ok flaky-old attempt=2") == 1
+    assert platform.status(name)["events"]["triggers"]["problems"] == []
+
+
+def test_a_topic_cutting_into_a_trigger_subject_is_409_naming_it(
+    platform: Platform, unique_name
+) -> None:
+    """A topic inside a trigger's wider subject cannot take it over (the trigger would then
+    span two streams): refused, naming the subject."""
+    name = unique_name("trg-wide")
+    platform.deploy(name, RECORDER, {"triggers": [{"nats": f"{name}.>"}]})
+    wait_bound(platform, name)
+    answer = platform.request("POST", "/system/topics", json={"name": f"{name}.a"})
     assert answer.status_code == 409, answer.text
-    assert f"the subjects function triggers listen on ({name}.*.temp)" in answer.json()["error"]
+    assert f"the subjects function triggers listen on ({name}.>)" in answer.json()["error"]
+
+
+def test_from_new_skips_stored_history_and_from_all_replays_it(
+    platform: Platform, unique_name
+) -> None:
+    topic = unique_name("trg-hist").replace("-", ".", 1)
+    assert platform.request("POST", "/system/topics", json={"name": topic}).status_code == 201
+    history = platform.request("POST", f"/system/topics/{topic}/messages", content=b"old-1")
+    assert history.status_code == 201
+    fresh, replay = unique_name("trg-new"), unique_name("trg-all")
+    platform.deploy(fresh, RECORDER, {"triggers": [{"topic": topic}]})
+    platform.deploy(replay, RECORDER, {"triggers": [{"topic": topic, "from": "all"}]})
+    wait_bound(platform, fresh)
+    wait_bound(platform, replay)
+    answer = platform.request("POST", f"/system/topics/{topic}/messages", content=b"new-1")
+    assert answer.status_code == 201
+    platform.wait_for_log(fresh, "body=new-1")
+    platform.wait_for_log(replay, "body=new-1")
+    assert [line.rsplit("=", 1)[1] for line in bodies(platform, replay)] == ["old-1", "new-1"]
+    # the stream delivers in order: had old-1 been due, it would have come first
+    assert [line.rsplit("=", 1)[1] for line in bodies(platform, fresh)] == ["new-1"]
+    described = platform.describe(replay)["triggers"]
+    assert described == [{"topic": topic, "from": "all"}]
 
 
 def test_a_lone_message_on_a_batched_trigger_is_a_batch_of_one(

@@ -127,7 +127,7 @@ def test_trigger_specs_round_trip_through_the_api_form() -> None:
         "triggers": [
             {"nats": "a.*", "batch": {"size": 10, "wait": "200ms"}},
             {"mqtt": "s/+/t"},
-            {"topic": "telemetry"},
+            {"topic": "telemetry", "from": "all"},
             {"topics": {"collect": "true"}},
             {"cron": "*/5 * * * *", "body": "tick"},
         ],
@@ -140,6 +140,7 @@ def test_trigger_specs_round_trip_through_the_api_form() -> None:
     assert validate_spec("f", again) == spec
     assert [t.kind for t in spec.triggers] == ["nats", "mqtt", "topic", "topics", "cron"]
     assert spec.triggers[1].subjects == ["s.*.t"]
+    assert [t.start for t in spec.triggers] == ["new", "new", "all", "new", "new"]
 
 
 @pytest.mark.parametrize(
@@ -151,6 +152,8 @@ def test_trigger_specs_round_trip_through_the_api_form() -> None:
         ([{"nats": "a", "mqtt": "b"}], "triggers.0", "exactly one"),
         ([{"nats": "a", "when": 1}], "triggers.0.when", "unknown key"),
         ([{"cron": "@hourly", "batch": {"size": 2}}], "triggers.0.batch", "one call at a time"),
+        ([{"topic": "t", "from": "start"}], "triggers.0.from", "one of new, all"),
+        ([{"cron": "@hourly", "from": "all"}], "triggers.0.from", "unknown key"),
         ("nats", "triggers", "a list"),
     ],
 )

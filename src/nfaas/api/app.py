@@ -21,7 +21,13 @@ from nfaas.control.registry import FunctionRecord
 from nfaas.core.spec import NAME_RE, SpecError, validate_name
 from nfaas.events.calls import FINAL, QUEUED, RETRYING, RUNNING
 from nfaas.events.queue import CallNotFound, CallStateConflict
-from nfaas.events.topics import TopicConflict, TopicError, TopicNotFound, topic_from_request
+from nfaas.events.topics import (
+    DEFAULT_NAMESPACE,
+    TopicConflict,
+    TopicError,
+    TopicNotFound,
+    topic_from_request,
+)
 from nfaas.node.agent import UnknownFunction
 
 CALL_STATES = (QUEUED, RUNNING, RETRYING, *FINAL)
@@ -66,11 +72,15 @@ class TopicSettings(BaseModel):
     description: str | None = None
 
     def settings(self) -> dict[str, Any]:
-        return {k: v for k, v in self.model_dump().items() if v is not None and k != "name"}
+        dumped = self.model_dump()
+        return {k: v for k, v in dumped.items() if v is not None and k not in ("name", "namespace")}
 
 
 class TopicBody(TopicSettings):
     name: str
+    namespace: str | None = Field(
+        None, description="the owning namespace (admin token; others own what they create)"
+    )
 
 
 class TokenRequest(BaseModel):
@@ -126,7 +136,7 @@ def function_status(
 
 
 def create_app(platform: Platform) -> Any:
-    metrics = Metrics(platform.agent)
+    metrics = Metrics(platform.agent, platform.events)
     platform.cold_start_listeners.append(metrics.observe_cold_start)
     gateway = Gateway(platform, metrics)
 
@@ -329,25 +339,31 @@ def create_app(platform: Platform) -> Any:
         return (await platform.events.calls.cancel(call_id, visible(who))).to_dict()
 
     @api.get("/system/topics")
-    async def list_topics(_: Principal = Depends(principal)) -> list[dict[str, Any]]:
-        return await platform.events.topics.all()
+    async def list_topics(
+        namespace: str | None = None, who: Principal = Depends(principal)
+    ) -> list[dict[str, Any]]:
+        if namespace is None:
+            return await platform.events.topics.all(visible(who))
+        return await platform.events.topics.all({platform.namespace_for(who, namespace)})
 
     @api.post("/system/topics", status_code=201)
-    async def create_topic(body: TopicBody, _: Principal = Depends(principal)) -> JSONResponse:
-        topic = topic_from_request(body.name, body.settings())
-        created = await platform.events.topics.create(topic)
-        await platform.events.router.refresh()
+    async def create_topic(body: TopicBody, who: Principal = Depends(principal)) -> JSONResponse:
+        owner = platform.namespace_for(who, body.namespace)
+        topic = topic_from_request(body.name, body.settings(), owner)
+        created = await platform.events.router.create_topic(platform.events.topics, topic)
         return JSONResponse(created, status_code=201)
 
     @api.get("/system/topics/{name}")
-    async def describe_topic(name: str, _: Principal = Depends(principal)) -> dict[str, Any]:
-        return await platform.events.topics.get(name)
+    async def describe_topic(name: str, who: Principal = Depends(principal)) -> dict[str, Any]:
+        return await platform.events.topics.get(name, visible(who))
 
     @api.put("/system/topics/{name}")
     async def update_topic(
-        name: str, body: TopicSettings, _: Principal = Depends(principal)
+        name: str, body: TopicSettings, who: Principal = Depends(principal)
     ) -> dict[str, Any]:
-        updated = await platform.events.topics.update(topic_from_request(name, body.settings()))
+        # the owner is kept: update() takes it from the topic as it is
+        topic = topic_from_request(name, body.settings(), DEFAULT_NAMESPACE)
+        updated = await platform.events.topics.update(topic, visible(who))
         await platform.events.router.refresh()
         return updated
 
@@ -356,12 +372,12 @@ def create_app(platform: Platform) -> Any:
         name: str,
         request: Request,
         subject: str | None = None,
-        _: Principal = Depends(principal),
+        who: Principal = Depends(principal),
     ) -> JSONResponse:
         """Publish the request body; ``X-Msg-Id`` makes a re-sent message count once."""
         data = await request.body()
         msg_id = request.headers.get("x-msg-id")
-        stored = await platform.events.topics.publish(name, data, subject, msg_id)
+        stored = await platform.events.topics.publish(name, data, subject, msg_id, visible(who))
         return JSONResponse(stored, status_code=201)
 
     @api.get("/system/topics/{name}/messages")
@@ -370,13 +386,13 @@ def create_app(platform: Platform) -> Any:
         subject: str | None = None,
         start_seq: int = Query(1, ge=1),
         limit: int = Query(100, ge=1, le=1000),
-        _: Principal = Depends(principal),
+        who: Principal = Depends(principal),
     ) -> list[dict[str, Any]]:
-        return await platform.events.topics.read(name, subject, start_seq, limit)
+        return await platform.events.topics.read(name, subject, start_seq, limit, visible(who))
 
     @api.delete("/system/topics/{name}", status_code=204)
-    async def delete_topic(name: str, _: Principal = Depends(principal)) -> Response:
-        await platform.events.topics.delete(name)
+    async def delete_topic(name: str, who: Principal = Depends(principal)) -> Response:
+        await platform.events.topics.delete(name, visible(who))
         await platform.events.router.refresh()
         return Response(status_code=204)
 

@@ -1,4 +1,5 @@
-"""Prometheus metrics: OpenFaaS's gateway series plus cold starts and their phases."""
+"""Prometheus metrics: OpenFaaS's gateway series plus cold starts and their phases, NF
+operator counters and the event plane's (async calls, trigger deliveries, callbacks, bus)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from nfaas.events.plane import EventPlane
 from nfaas.node.agent import NodeAgent
 from nfaas.node.coldstart import ColdStart
 from nfaas.node.logs import FunctionKey
@@ -92,8 +94,58 @@ def nf_counters(agent: NodeAgent) -> list[CounterMetricFamily]:
     return [packets, octets, drops, errors, ports]
 
 
+class EventsCollector(Collector):
+    """The event plane's counters, read at scrape time."""
+
+    def __init__(self, events: EventPlane) -> None:
+        self._events = events
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        accepted = CounterMetricFamily(
+            "nfaas_async_calls_accepted", "Async calls stored (a re-sent call id counts once)",
+            labels=["function_name"],
+        )  # fmt: skip
+        deliveries = CounterMetricFamily(
+            "nfaas_event_deliveries",
+            "Queued deliveries by kind (call, trigger) and outcome (succeeded, retried, dead, "
+            "skipped: finished before, not run again)",
+            labels=["function_name", "kind", "outcome"],
+        )
+        for key, kind, counts in self._events.counters():
+            name = label(key)
+            if kind == "call":
+                accepted.add_metric([name], counts.accepted)
+            for outcome in ("succeeded", "retried", "dead", "skipped"):
+                deliveries.add_metric([name, kind, outcome], getattr(counts, outcome))
+        in_flight = GaugeMetricFamily(
+            "nfaas_event_deliveries_in_flight", "Queued deliveries running now",
+            labels=["function_name"],
+        )  # fmt: skip
+        for key, busy in self._events.in_flight().items():
+            in_flight.add_metric([label(key)], busy)
+        info = self._events.info()
+        callbacks = CounterMetricFamily(
+            "nfaas_callbacks", "X-Callback-Url deliveries by outcome", labels=["outcome"]
+        )
+        for outcome, count in dict(info["callbacks"]).items():
+            callbacks.add_metric([outcome], count)
+        bus = dict(info["bus"])
+        connected = GaugeMetricFamily("nfaas_bus_connected", "1 while connected to NATS")
+        connected.add_metric([], 1 if bus.get("connected") else 0)
+        reconnects = CounterMetricFamily("nfaas_bus_reconnects", "Reconnections to NATS")
+        reconnects.add_metric([], bus.get("reconnects", 0))
+        yield from (accepted, deliveries, in_flight, callbacks, connected, reconnects)
+        server = info["nats_server"]
+        if isinstance(server, dict):
+            restarts = CounterMetricFamily(
+                "nfaas_nats_server_restarts", "Restarts of the supervised nats-server"
+            )
+            restarts.add_metric([], server["restarts"])
+            yield restarts
+
+
 class Metrics:
-    def __init__(self, agent: NodeAgent) -> None:
+    def __init__(self, agent: NodeAgent, events: EventPlane | None = None) -> None:
         self.registry = CollectorRegistry()
         self.invocations = Counter(
             "gateway_function_invocation",
@@ -118,6 +170,8 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(PoolCollector(agent))
+        if events is not None:
+            self.registry.register(EventsCollector(events))
         self._observers: dict[tuple[str, int], Callable[[float], None]] = {}
 
     def observe_invocation(self, key: FunctionKey, code: int, seconds: float) -> None:

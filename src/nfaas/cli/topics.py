@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from nfaas.cli.common import JSON_OPT, call, client, emit_json, fail, out
+from nfaas.cli.common import JSON_OPT, NS_OPT, call, client, emit_json, fail, out
 
 topic_app = typer.Typer(help="Create, list, describe and remove topics.", no_args_is_help=True)
 
@@ -111,11 +111,13 @@ def topic_create(
     storage: str | None = STORAGE_OPT,
     labels: list[str] = LABEL_OPT,
     description: str | None = DESCRIPTION_OPT,
+    namespace: str | None = NS_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Create a topic: a durable message log with retention and limits."""
+    """Create a topic: a durable message log with retention and limits, owned by a namespace."""
     body: dict[str, Any] = {
         "name": name,
+        **({"namespace": namespace} if namespace else {}),
         **_settings(
             subjects,
             retention,
@@ -133,7 +135,10 @@ def topic_create(
     if as_json:
         emit_json(created)
     else:
-        out.print(f"topic {created['name']} created (subjects: {', '.join(created['subjects'])})")
+        out.print(
+            f"topic {created['name']} created in {created['namespace']} "
+            f"(subjects: {', '.join(created['subjects'])})"
+        )
 
 
 @topic_app.command("update")
@@ -156,7 +161,7 @@ def topic_update(
     current = call(api.json, "GET", _path(name))
     from nfaas.events.topics import Topic  # the settings a PUT replaces: all of Topic's
 
-    keep = [field for field in Topic.__struct_fields__ if field != "name"]
+    keep = [field for field in Topic.__struct_fields__ if field not in ("name", "namespace")]
     body = {k: current[k] for k in keep if k in current}
     body.update(
         _settings(
@@ -181,16 +186,18 @@ def topic_update(
 
 
 @topic_app.command("ls")
-def topic_ls(as_json: bool = JSON_OPT) -> None:
-    """All topics, with their subjects, retention, size and labels."""
-    topics = call(client().json, "GET", "/system/topics")
+def topic_ls(namespace: str | None = NS_OPT, as_json: bool = JSON_OPT) -> None:
+    """The topics the token may see, with their subjects, retention, size and labels."""
+    params = {"namespace": namespace} if namespace else {}
+    topics = call(client().json, "GET", "/system/topics", params=params)
     if as_json:
         emit_json(topics)
         return
-    table = Table("NAME", "SUBJECTS", "RETENTION", "MESSAGES", "BYTES", "LABELS")
+    table = Table("NAME", "NAMESPACE", "SUBJECTS", "RETENTION", "MESSAGES", "BYTES", "LABELS")
     for t in topics:
         table.add_row(
             Text(t["name"]),
+            Text(t["namespace"]),
             Text(", ".join(t["subjects"])),
             t["retention"],
             str(t["state"]["messages"]),
@@ -210,6 +217,7 @@ def topic_describe(name: str, as_json: bool = JSON_OPT) -> None:
     state = t["state"]
     rows = [
         ("name", t["name"]),
+        ("namespace", t["namespace"]),
         ("description", t["description"]),
         ("subjects", ", ".join(t["subjects"])),
         ("retention", t["retention"]),

@@ -37,7 +37,6 @@ def check_archive(data: bytes) -> None:
     if len(entries) > MAX_ENTRIES:
         raise BundleError(f"bundle has {len(entries)} entries; the limit is {MAX_ENTRIES}")
     total = 0
-    names = set()
     for entry in entries:
         path = PurePosixPath(entry.filename)
         if path.is_absolute() or ".." in path.parts or "\\" in entry.filename:
@@ -45,11 +44,8 @@ def check_archive(data: bytes) -> None:
         if stat.S_ISLNK(entry.external_attr >> 16):
             raise BundleError(f"bundle entry {entry.filename!r} is a symbolic link")
         total += entry.file_size
-        names.add(entry.filename)
     if total > MAX_UNPACKED_BYTES:
         raise BundleError(f"bundle unpacks to {total} bytes; the limit is {MAX_UNPACKED_BYTES}")
-    if "handler.py" not in names:
-        raise BundleError("bundle has no handler.py at its top level")
     try:
         bad = archive.testzip()
     except (zipfile.BadZipFile, EOFError, OSError) as exc:

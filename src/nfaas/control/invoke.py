@@ -12,13 +12,24 @@ from nfaas.node.pool import CrashLooping, FunctionPool, Overloaded
 from nfaas.sandbox.base import HandlerError, InvokeTimeout, Request, WorkerDied
 
 
+def cold_start_cause(request: Request) -> str:
+    """What a queued delivery's cold start is recorded as: the event that caused it."""
+    for name, value in request.headers:
+        if name.lower() == "x-nfaas-source":
+            return "async" if value in ("http", "replay") else value
+    return "async"
+
+
 def _retry_header(seconds: float) -> list[tuple[str, str]]:
     return [("retry-after", str(max(1, int(seconds + 0.999))))]
 
 
-async def invoke_pool(pool: FunctionPool, request: Request, accepted: float) -> Outcome:
+async def invoke_pool(
+    pool: FunctionPool, request: Request, accepted: float, cause: str = "request"
+) -> Outcome:
+    """``cause`` names what a cold start this call waits for is recorded as (its trigger)."""
     try:
-        response, cold = await pool.invoke(request, accepted)
+        response, cold = await pool.invoke(request, accepted, cause)
     except HandlerError as exc:
         return Outcome(500, error=f"function raised {exc.kind}: {exc.message}")
     except InvokeTimeout:

@@ -15,7 +15,7 @@ from typing import Any
 from nfaas.control.auth import ALL_NAMESPACES, Principal, TokenStore
 from nfaas.control.autoscaler import Kpa
 from nfaas.control.bundles import BundleError, BundleStore
-from nfaas.control.invoke import invoke_pool
+from nfaas.control.invoke import cold_start_cause, invoke_pool
 from nfaas.control.registry import FunctionRecord, Registry
 from nfaas.core.spec import FunctionSpec, SpecError, validate_name, validate_spec
 from nfaas.events.outcome import Outcome
@@ -144,7 +144,7 @@ class Platform:
         pool = self.agent.pools.get(key)
         if pool is None:
             raise LookupError(f"function {key[1]!r} not found")
-        return await invoke_pool(pool, request, time.monotonic())
+        return await invoke_pool(pool, request, time.monotonic(), cold_start_cause(request))
 
     def _new_kpa(self) -> Kpa:
         return Kpa(self.config.stable_window, self.config.panic_window)
@@ -231,6 +231,11 @@ class Platform:
         if mode == "update" and existing is None:
             raise NotFound(f"function {name!r} not found")
         code = await asyncio.to_thread(self.bundles.unpack, bundle)
+        if spec.runtime != "command" and not (Path(code.code_dir) / "handler.py").is_file():
+            # checked here, not at upload: a command function's bundle needs none
+            raise SpecError(
+                ("bundle",), f"bundle has no handler.py at its top level (runtime {spec.runtime})"
+            )
         record = self.registry.put_function(ns, spec, bundle)
         await self.agent.deploy((ns, name), spec, code)
         self.scalers.setdefault((ns, name), self._new_kpa())

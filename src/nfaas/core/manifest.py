@@ -376,7 +376,7 @@ def _function(
     handler_dir = base_dir / handler
     if not handler_dir.is_dir():
         raise fail(handler_line, "handler", f"handler directory not found: {handler_dir}")
-    if not (handler_dir / HANDLER_FILE).is_file():
+    if spec.runtime != "command" and not (handler_dir / HANDLER_FILE).is_file():
         raise fail(handler_line, "handler", f"no {HANDLER_FILE} in handler directory {handler_dir}")
     return ManifestFunction(spec=spec, handler_dir=handler_dir.resolve())
 

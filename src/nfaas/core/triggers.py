@@ -9,7 +9,11 @@ triggers:
   - cron: "*/5 * * * *"             # a schedule; `body` is what each fire sends
     body: '{"job": "sweep"}'
 batch: {size: 100, wait: 500ms}     # (per trigger) many messages per invocation
+from: all                           # (per trigger) also the messages stored before it existed
 ```
+
+A trigger sees the messages stored from the moment it was deployed on (``from: new``, the
+default), like a new subscriber; ``from: all`` replays what the stream still holds.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from nfaas.core.subjects import SubjectError, mqtt_filter_to_subjects, validate_
 from nfaas.core.units import parse_duration
 
 KINDS = ("nats", "mqtt", "topic", "topics", "cron")
+STARTS = ("new", "all")
 TOPIC_NAME_MAX = 200
 MAX_BATCH = 10_000
 
@@ -43,6 +48,7 @@ class Trigger(msgspec.Struct, frozen=True):
     batch_size: int = 1
     batch_wait: float = 1.0  # seconds to wait for a batch to fill
     body: str = ""  # kind "cron": the payload of each fire
+    start: str = "new"  # "new": messages stored once the trigger exists; "all": history too
 
     @property
     def subjects(self) -> list[str]:
@@ -62,6 +68,8 @@ class Trigger(msgspec.Struct, frozen=True):
             out["batch"] = {"size": self.batch_size, "wait": self.batch_wait}
         if self.body:
             out["body"] = self.body
+        if self.start != "new":
+            out["from"] = self.start
         return out
 
     def describe(self) -> str:
@@ -79,7 +87,7 @@ def parse_trigger(raw: object) -> Trigger:
             "", f"a trigger names exactly one of {', '.join(KINDS)}; got {sorted(map(str, raw))}"
         )
     kind = kinds[0]
-    allowed = {kind, "batch"} | ({"body"} if kind == "cron" else set())
+    allowed = {kind, "batch"} | ({"body"} if kind == "cron" else {"from"})
     for key in raw:
         if key not in allowed:
             raise TriggerError(
@@ -87,8 +95,11 @@ def parse_trigger(raw: object) -> Trigger:
             )
     value = raw[kind]
     size, wait = _batch(raw.get("batch"), kind)
+    start = raw.get("from", "new")
+    if start not in STARTS:
+        raise TriggerError("from", f"expected one of {', '.join(STARTS)}, got {start!r}")
     if kind == "topics":
-        return Trigger(kind, labels=_labels(value), batch_size=size, batch_wait=wait)
+        return Trigger(kind, labels=_labels(value), batch_size=size, batch_wait=wait, start=start)
     if not isinstance(value, str) or not value.strip():
         raise TriggerError(kind, f"expected a non-empty string, got {value!r}")
     source = value.strip()
@@ -106,7 +117,7 @@ def parse_trigger(raw: object) -> Trigger:
     body = raw.get("body", "")
     if not isinstance(body, str):
         raise TriggerError("body", f"expected a string, got {type(body).__name__}")
-    return Trigger(kind, source, batch_size=size, batch_wait=wait, body=body)
+    return Trigger(kind, source, batch_size=size, batch_wait=wait, body=body, start=start)
 
 
 def _labels(value: object) -> dict[str, str]:

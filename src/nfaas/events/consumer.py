@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -35,7 +36,8 @@ class ConsumerSpec:
     filters: tuple[str, ...] = ()
     batch_size: int = 1  # messages handed to one handler call
     batch_wait: float = 1.0  # seconds to wait for a batch to fill
-    deliver_new: bool = False  # start at messages arriving from now on (else all kept ones)
+    # messages stored from this time on (a trigger's "from: new"); None: all the stream holds
+    start_time: datetime.datetime | None = None
 
 
 class Slots:
@@ -91,7 +93,10 @@ class ConsumerLoop:
             ack_wait=ACK_WAIT,
             max_deliver=-1,  # attempts are counted by the platform, per its retry policy
             max_ack_pending=max(64, self.slots.limit * max(spec.batch_size, 1) * 2),
-            deliver_policy=DeliverPolicy.NEW if spec.deliver_new else DeliverPolicy.ALL,
+            deliver_policy=DeliverPolicy.ALL
+            if spec.start_time is None
+            else DeliverPolicy.BY_START_TIME,
+            opt_start_time=spec.start_time,
             filter_subject=filters[0] if len(filters) == 1 else None,
             filter_subjects=filters if len(filters) > 1 else None,
         )
@@ -100,10 +105,20 @@ class ConsumerLoop:
         """Create the durable consumer (``fresh``: drop the old one first, so that messages
         delivered to a previous process and never acknowledged come back at once)."""
         js = self.bus.js
+        config = self.config()
         if fresh:
             with contextlib.suppress(NotFoundError):
                 await js.delete_consumer(self.spec.stream, self.spec.durable)
-        await js.add_consumer(self.spec.stream, self.config())
+        else:
+            try:
+                existing = await js.consumer_info(self.spec.stream, self.spec.durable)
+            except NotFoundError:
+                pass
+            else:
+                # where a consumer starts is fixed once it exists (the server refuses a change)
+                config.deliver_policy = existing.config.deliver_policy
+                config.opt_start_time = existing.config.opt_start_time
+        await js.add_consumer(self.spec.stream, config)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())

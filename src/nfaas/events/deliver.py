@@ -11,6 +11,7 @@ between their side effect and our record.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import logging
@@ -35,6 +36,9 @@ log = logging.getLogger("nfaas.events")
 
 @dataclass
 class Counters:
+    """What happened to one function's deliveries of one kind (async calls or trigger messages)."""
+
+    accepted: int = 0  # calls stored (async calls only)
     succeeded: int = 0
     retried: int = 0
     dead: int = 0
@@ -74,10 +78,21 @@ class Deliverer:
         self.invoke = invoke
         self.retry_of = retry_of
         self.store = C.CallStore(bus.calls_kv)
-        self.counters: dict[FunctionKey, Counters] = {}
+        self.counters: dict[tuple[FunctionKey, str], Counters] = {}  # kind: "call", "trigger"
 
-    def _count(self, key: FunctionKey) -> Counters:
-        return self.counters.setdefault(key, Counters())
+    def count(self, key: FunctionKey, kind: str = "call") -> Counters:
+        return self.counters.setdefault((key, kind), Counters())
+
+    def totals(self, key: FunctionKey) -> Counters:
+        """A function's counters over both kinds."""
+        out = Counters()
+        for kind in ("call", "trigger"):
+            found = self.counters.get((key, kind))
+            if found is not None:
+                for field in dataclasses.fields(Counters):
+                    value = getattr(out, field.name) + getattr(found, field.name)
+                    setattr(out, field.name, value)
+        return out
 
     # -- async calls ---------------------------------------------------------------------
     async def call(self, msgs: list[Msg]) -> None:
@@ -93,7 +108,7 @@ class Deliverer:
         record, revision = await self._record_of(message)
         if record.state in C.FINAL:
             # finished before a crash took the acknowledgement with it: do not run it again
-            self._count(key).skipped += 1
+            self.count(key).skipped += 1
             if record.state != C.CANCELLED and record.callback_state == "pending":
                 await self._queue_callback(record)
             await msg.ack()
@@ -144,7 +159,7 @@ class Deliverer:
             record.result = outcome.body[: C.RESULT_KEEP]
             record.result_headers = outcome.headers
             await self.store.put(record)
-            self._count(key).succeeded += 1
+            self.count(key).succeeded += 1
             await self._queue_callback(record, outcome)
             await msg.ack()
             return
@@ -153,14 +168,14 @@ class Deliverer:
             record.state = C.RETRYING
             record.next_attempt = time.time() + delay
             await self.store.put(record)
-            self._count(key).retried += 1
+            self.count(key).retried += 1
             await msg.nak(delay=delay)
             return
         record.state = C.DEAD
         record.result = (outcome.body or outcome.error.encode())[: C.RESULT_KEEP]
         await self.dead_letter(message, f"{outcome.status} {outcome.error}".strip())
         await self.store.put(record)
-        self._count(key).dead += 1
+        self.count(key).dead += 1
         await self._queue_callback(record, outcome)
         await msg.ack()
 
@@ -205,13 +220,13 @@ class Deliverer:
         async with in_progress(msgs):
             outcome = await self._invoke(key, _request(message, attempt))
         if outcome.ok:
-            self._count(key).succeeded += 1
+            self.count(key, "trigger").succeeded += 1
             for msg in msgs:
                 await msg.ack()
             return
         retry = self.retry_of(key)
         if retry.retryable(outcome.status) and attempt < retry.attempts:
-            self._count(key).retried += 1
+            self.count(key, "trigger").retried += 1
             delay = retry.delay(attempt, outcome.retry_after)
             for msg in msgs:
                 await msg.nak(delay=delay)
@@ -224,7 +239,7 @@ class Deliverer:
         record.result = (outcome.body or outcome.error.encode())[: C.RESULT_KEEP]
         await self.dead_letter(message, f"{outcome.status} {outcome.error}".strip())
         await self.store.put(record)
-        self._count(key).dead += 1
+        self.count(key, "trigger").dead += 1
         for msg in msgs:
             await msg.term()
 

@@ -19,6 +19,7 @@ EVENTS_STREAM = "NFAAS_EVENTS"  # trigger subjects that no topic holds
 CALLS_BUCKET = "nfaas_calls"  # call id -> CallRecord (state, attempts, result)
 TOPIC_STREAM_PREFIX = "TOPIC_"
 TOPIC_META_KEY = "nfaas_topic"  # stream metadata: the topic's name
+NAMESPACE_META_KEY = "nfaas_namespace"  # stream metadata: the namespace owning the topic
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 

@@ -27,7 +27,7 @@ from nfaas.events import names
 from nfaas.events.bus import Bus
 from nfaas.events.callbacks import CallbackSender
 from nfaas.events.consumer import ConsumerLoop, ConsumerSpec, Slots
-from nfaas.events.deliver import Deliverer
+from nfaas.events.deliver import Counters, Deliverer
 from nfaas.events.natsserver import NatsServer, NatsServerConfig
 from nfaas.events.outcome import Invoker
 from nfaas.events.queue import AsyncCalls
@@ -238,16 +238,27 @@ class EventPlane:
         events = self.functions.get(key)
         if events is None or self._deliverer is None:
             return {}
-        counters = self._deliverer.counters.get(key)
+        counters = self._deliverer.totals(key)
         return {
             "concurrency": events.slots.limit,
             "in_flight": events.calls.running if events.calls else 0,
             "calls_error": events.calls.error if events.calls else "",
-            "succeeded": counters.succeeded if counters else 0,
-            "retried": counters.retried if counters else 0,
-            "dead": counters.dead if counters else 0,
+            "accepted": counters.accepted,
+            "succeeded": counters.succeeded,
+            "retried": counters.retried,
+            "dead": counters.dead,
             "triggers": self.router.describe(key),
         }
+
+    def counters(self) -> list[tuple[FunctionKey, str, Counters]]:
+        """(function, "call" or "trigger", counters) for every function that had deliveries."""
+        if self._deliverer is None:
+            return []
+        return [(key, kind, c) for (key, kind), c in sorted(self._deliverer.counters.items())]
+
+    def in_flight(self) -> dict[FunctionKey, int]:
+        """Deliveries (calls and trigger messages) running now, per function."""
+        return {key: events.slots.busy for key, events in self.functions.items()}
 
     def info(self) -> dict[str, object]:
         server = self.server

@@ -58,6 +58,8 @@ class AsyncCalls:
             headers={"Nats-Msg-Id": message.id},
         )
         self.accepted += 1
+        if not ack.duplicate:
+            self.deliverer.count(key).accepted += 1
         return int(ack.seq)
 
     async def queued_message(self, key: FunctionKey, call_id: str) -> tuple[C.CallMessage, int]:

@@ -13,6 +13,7 @@ the handler succeeded:
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from nfaas.core.triggers import Trigger
 from nfaas.events import names
 from nfaas.events.bus import Bus
 from nfaas.events.consumer import ConsumerLoop, ConsumerSpec, Slots
-from nfaas.events.topics import Topic, all_streams, topic_from_stream
+from nfaas.events.topics import Topic, Topics, all_streams, topic_from_stream
 from nfaas.node.logs import FunctionKey
 
 log = logging.getLogger("nfaas.events")
@@ -43,6 +44,7 @@ class Binding:
     trigger: Trigger
     stream: str
     filters: tuple[str, ...]
+    start_time: datetime.datetime | None = None  # None: all the stream holds ("from: all")
 
     @property
     def durable(self) -> str:
@@ -68,6 +70,8 @@ class Router:
         self.loops: dict[str, tuple[Binding, ConsumerLoop]] = {}
         self.problems: dict[FunctionKey, list[str]] = {}
         self.events_subjects: list[str] = []
+        # when each trigger (function, index, description) was first deployed
+        self.since: dict[tuple[FunctionKey, int, str], datetime.datetime] = {}
         self._lock = asyncio.Lock()
 
     async def set_function(self, key: FunctionKey, triggers: tuple[Trigger, ...]) -> None:
@@ -76,10 +80,17 @@ class Router:
             self.functions[key] = streamed
         else:
             self.functions.pop(key, None)
+        # "from: new" starts where the trigger was first deployed (kept across redeploys)
+        now = datetime.datetime.now(datetime.UTC)
+        current = {(key, index, trigger.describe()) for index, trigger in enumerate(streamed)}
+        self.since = {k: v for k, v in self.since.items() if k[0] != key or k in current}
+        for trigger_id in current:
+            self.since.setdefault(trigger_id, now)
         await self.refresh()
 
     async def remove_function(self, key: FunctionKey) -> None:
         self.functions.pop(key, None)
+        self.since = {k: v for k, v in self.since.items() if k[0] != key}
         await self.refresh()
 
     async def refresh(self) -> None:
@@ -91,7 +102,9 @@ class Router:
             wanted: list[str] = []
             for key, triggers in self.functions.items():
                 for index, trigger in enumerate(triggers):
-                    found, subjects, trouble = resolve(key, index, trigger, topics)
+                    since = self.since[(key, index, trigger.describe())]
+                    start = None if trigger.start == "all" else since
+                    found, subjects, trouble = resolve(key, index, trigger, topics, start)
                     bindings += found
                     wanted += subjects
                     problems.setdefault(key, []).extend(trouble)
@@ -109,6 +122,29 @@ class Router:
             ]
             self.problems = {k: v for k, v in problems.items() if v}
             await self._apply(bindings)
+
+    async def create_topic(self, topics: Topics, topic: Topic) -> dict[str, object]:
+        """Create a topic, taking over the subjects it covers from the events stream.
+
+        Triggers that listened on those subjects move to the topic; what the events stream
+        already holds for them is still delivered (their old consumers drain it). A topic that
+        would cut into a trigger's wider subject (``a.b`` under ``a.>``) stays a conflict.
+        """
+        async with self._lock:
+            current, _ = _events_and_taken(await all_streams(self.bus.js))
+            held = [s for s in current or [] if s != NO_SUBJECTS]
+            covered = [s for s in held if any(subject_covers(t, s) for t in topic.subjects)]
+            if covered:
+                # two streams cannot hold one subject: it leaves the events stream first
+                await self._events_stream_with([s for s in held if s not in covered])
+            try:
+                created = await topics.create(topic)
+            except BaseException:
+                if covered:
+                    await self._events_stream_with(held)
+                raise
+        await self.refresh()
+        return created
 
     async def _ensure_events_stream(self, wanted: list[str], streams: list[StreamInfo]) -> set[str]:
         """The events stream holds ``wanted`` (minus subjects another one covers); returns
@@ -162,7 +198,10 @@ class Router:
         wanted = {b.durable: b for b in bindings}
         for durable in list(self.loops):
             if durable not in wanted:
-                _, loop = self.loops.pop(durable)
+                old, loop = self.loops[durable]
+                if old.key in self.functions and await self._backlog(old):
+                    continue  # a topic took its subject over: it drains what it captured first
+                del self.loops[durable]
                 await loop.stop(delete=True)
         for durable, binding in wanted.items():
             running = self.loops.get(durable)
@@ -179,6 +218,7 @@ class Router:
                 filters=binding.filters,
                 batch_size=trigger.batch_size,
                 batch_wait=trigger.batch_wait,
+                start_time=binding.start_time,
             )
             loop = ConsumerLoop(
                 self.bus,
@@ -195,6 +235,16 @@ class Router:
                 continue
             loop.start()
             self.loops[durable] = (binding, loop)
+
+    async def _backlog(self, binding: Binding) -> bool:
+        """Does an events-stream consumer still have messages to deliver or acknowledge?"""
+        if binding.stream != names.EVENTS_STREAM:
+            return False
+        try:
+            info = await self.bus.js.consumer_info(binding.stream, binding.durable)
+        except (NotFoundError, APIError):
+            return False
+        return bool(info.num_pending or info.num_ack_pending)
 
     def describe(self, key: FunctionKey) -> dict[str, object]:
         return {
@@ -241,19 +291,32 @@ def _events_and_taken(streams: list[StreamInfo]) -> tuple[list[str] | None, list
 
 
 def resolve(
-    key: FunctionKey, index: int, trigger: Trigger, topics: list[TopicStream]
+    key: FunctionKey,
+    index: int,
+    trigger: Trigger,
+    topics: list[TopicStream],
+    start: datetime.datetime | None = None,
 ) -> tuple[list[Binding], list[str], list[str]]:
-    """(bindings, subjects the events stream must capture, problems) for one trigger."""
+    """(bindings, subjects the events stream must capture, problems) for one trigger.
+
+    Topics are the function's namespace's only; a subject inside another namespace's topic
+    is theirs, and a problem here.
+    """
     where = f"trigger {index} ({trigger.describe()})"
+    ours = [ts for ts in topics if ts.topic.namespace == key[0]]
+
+    def bind(stream: str, *filters: str) -> Binding:
+        return Binding(key, index, trigger, stream, filters, start)
+
     if trigger.kind == "topic":
-        for ts in topics:
+        for ts in ours:
             if ts.topic.name == trigger.source:
-                return [Binding(key, index, trigger, ts.stream, ())], [], []
-        return [], [], [f"{where}: topic {trigger.source!r} does not exist (yet)"]
+                return [bind(ts.stream)], [], []
+        return [], [], [f"{where}: topic {trigger.source!r} does not exist (yet) in namespace {key[0]!r}"]
     if trigger.kind == "topics":
         matched = [
-            Binding(key, index, trigger, ts.stream, ())
-            for ts in topics
+            bind(ts.stream)
+            for ts in ours
             if all(ts.topic.labels.get(k) == v for k, v in trigger.labels.items())
         ]
         return matched, [], []
@@ -262,8 +325,14 @@ def resolve(
         covering = [
             ts for ts in topics if any(subject_covers(have, subject) for have in ts.topic.subjects)
         ]
+        if covering and covering[0].topic.namespace == key[0]:
+            bindings.append(bind(covering[0].stream, subject))
+            continue
         if covering:
-            bindings.append(Binding(key, index, trigger, covering[0].stream, (subject,)))
+            problems.append(
+                f"{where}: subject {subject!r} belongs to topic {covering[0].topic.name!r} of "
+                "another namespace"
+            )
             continue
         touching = [
             ts.topic.name
@@ -277,5 +346,5 @@ def resolve(
             )
             continue
         events.append(subject)
-        bindings.append(Binding(key, index, trigger, names.EVENTS_STREAM, (subject,)))
+        bindings.append(bind(names.EVENTS_STREAM, subject))
     return bindings, events, problems

@@ -4,6 +4,10 @@ A topic's name is a NATS subject without wildcards (``site1.kpi.latency``); publ
 to it (or to the subjects it lists) over NATS or MQTT, and the stream keeps the messages under
 the topic's limits. Labels let triggers select topics (``triggers: [{topics: {k: v}}]``),
 including topics created after the function.
+
+A topic belongs to a namespace (the creating token's; the admin token picks one, "default"
+unless told): tokens of other namespaces neither see nor change it, and only that namespace's
+functions trigger on it. Its name and subjects are still global, as NATS subjects are.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ RETENTIONS = {
 }
 STORAGES = {"file": StorageType.FILE, "memory": StorageType.MEMORY}
 LABEL_PREFIX = "label."
+DEFAULT_NAMESPACE = "default"  # the owner of topics made before topics had owners
 DEFAULT_MAX_BYTES = 128 * 1024**2  # a topic must not fill the disk; JetStream sets it aside
 
 
@@ -64,6 +69,7 @@ class TopicConflict(Exception):
 class Topic(msgspec.Struct):
     name: str
     subjects: list[str]
+    namespace: str = DEFAULT_NAMESPACE
     retention: str = "limits"
     storage: str = "file"
     max_age: float = 0.0  # seconds; 0: unlimited
@@ -75,7 +81,7 @@ class Topic(msgspec.Struct):
     description: str = ""
 
     def stream_config(self) -> StreamConfig:
-        metadata = {names.TOPIC_META_KEY: self.name}
+        metadata = {names.TOPIC_META_KEY: self.name, names.NAMESPACE_META_KEY: self.namespace}
         metadata.update({LABEL_PREFIX + k: v for k, v in self.labels.items()})
         return StreamConfig(
             name=names.topic_stream(self.name),
@@ -94,13 +100,13 @@ class Topic(msgspec.Struct):
         )
 
 
-def topic_from_request(name: str, raw: Mapping[str, Any]) -> Topic:
+def topic_from_request(name: str, raw: Mapping[str, Any], namespace: str) -> Topic:
     """Validate a create/update request; TopicError names the field and the rule broken."""
     try:
         validate_subject(name, wildcards=False)
     except SubjectError as exc:
         raise TopicError("name", str(exc)) from None
-    allowed = set(Topic.__struct_fields__) - {"name"}
+    allowed = set(Topic.__struct_fields__) - {"name", "namespace"}
     for key in raw:
         if key not in allowed:
             raise TopicError(str(key), f"unknown setting (allowed: {', '.join(sorted(allowed))})")
@@ -129,6 +135,7 @@ def topic_from_request(name: str, raw: Mapping[str, Any]) -> Topic:
     return Topic(
         name=name,
         subjects=list(subjects),
+        namespace=namespace,
         retention=retention,
         storage=storage,
         max_age=_limit("max_age", raw.get("max_age", 0), parse_duration),
@@ -175,6 +182,7 @@ def topic_from_stream(info: StreamInfo) -> Topic | None:
     return Topic(
         name=name,
         subjects=list(config.subjects or []),
+        namespace=metadata.get(names.NAMESPACE_META_KEY) or DEFAULT_NAMESPACE,
         retention=retention,
         storage=storage,
         max_age=config.max_age or 0.0,
@@ -203,6 +211,9 @@ def describe(topic: Topic, info: StreamInfo) -> dict[str, Any]:
     return out
 
 
+Visible = frozenset[str] | set[str] | None  # the namespaces a caller may see; None: all
+
+
 class Topics:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
@@ -220,30 +231,36 @@ class Topics:
             raise await self._conflict_or_bad(topic, exc) from None
         return describe(topic, info)
 
-    async def update(self, topic: Topic) -> dict[str, Any]:
-        await self.get(topic.name)
+    async def update(self, topic: Topic, visible: Visible = None) -> dict[str, Any]:
+        existing = await self._topic(topic.name, visible)
+        topic = msgspec.structs.replace(topic, namespace=existing.namespace)  # owners stay
         try:
             info = await self.bus.js.update_stream(topic.stream_config())
         except APIError as exc:
             raise await self._conflict_or_bad(topic, exc) from None
         return describe(topic, info)
 
-    async def get(self, name: str) -> dict[str, Any]:
-        return describe(*await self._found(name))
+    async def get(self, name: str, visible: Visible = None) -> dict[str, Any]:
+        return describe(*await self._found(name, visible))
 
-    async def all(self) -> list[dict[str, Any]]:
+    async def all(self, visible: Visible = None) -> list[dict[str, Any]]:
         out = []
         for info in await all_streams(self.bus.js):
             topic = topic_from_stream(info)
-            if topic is not None:
+            if topic is not None and (visible is None or topic.namespace in visible):
                 out.append(describe(topic, info))
         return sorted(out, key=lambda t: str(t["name"]))
 
     async def publish(
-        self, name: str, data: bytes, subject: str | None = None, msg_id: str | None = None
+        self,
+        name: str,
+        data: bytes,
+        subject: str | None = None,
+        msg_id: str | None = None,
+        visible: Visible = None,
     ) -> dict[str, Any]:
         """Publish over HTTP (for clients without NATS or MQTT): stored when this returns."""
-        topic = await self._topic(name)
+        topic = await self._topic(name, visible)
         subject = subject or name
         try:
             validate_subject(subject, wildcards=False)
@@ -258,10 +275,15 @@ class Topics:
         return {"topic": name, "subject": subject, "seq": ack.seq, "duplicate": bool(ack.duplicate)}
 
     async def read(
-        self, name: str, subject: str | None = None, start_seq: int = 1, limit: int = 100
+        self,
+        name: str,
+        subject: str | None = None,
+        start_seq: int = 1,
+        limit: int = 100,
+        visible: Visible = None,
     ) -> list[dict[str, Any]]:
         """Stored messages from ``start_seq`` on (only ``subject``'s, if given), oldest first."""
-        await self._topic(name)
+        await self._topic(name, visible)
         if subject is not None:
             try:
                 validate_subject(subject)
@@ -280,17 +302,18 @@ class Topics:
             seq = raw.seq + 1
         return out
 
-    async def _topic(self, name: str) -> Topic:
-        return (await self._found(name))[0]
+    async def _topic(self, name: str, visible: Visible = None) -> Topic:
+        return (await self._found(name, visible))[0]
 
-    async def _found(self, name: str) -> tuple[Topic, StreamInfo]:
-        """The topic and its stream's state; TopicNotFound (404) if there is no such topic."""
+    async def _found(self, name: str, visible: Visible = None) -> tuple[Topic, StreamInfo]:
+        """The topic and its stream's state; TopicNotFound (404) if there is no such topic,
+        or it belongs to a namespace the caller cannot see."""
         try:
             info = await self.bus.js.stream_info(names.topic_stream(name))
         except NotFoundError:
             raise TopicNotFound(f"topic {name!r} not found") from None
         topic = topic_from_stream(info)
-        if topic is None:
+        if topic is None or (visible is not None and topic.namespace not in visible):
             raise TopicNotFound(f"topic {name!r} not found")
         return topic, info
 
@@ -332,8 +355,8 @@ class Topics:
         where = "; ".join(holders) or "another stream's"
         return TopicConflict(f"topic {topic.name!r}: its subjects overlap {where}")
 
-    async def delete(self, name: str) -> None:
-        await self.get(name)
+    async def delete(self, name: str, visible: Visible = None) -> None:
+        await self._found(name, visible)
         await self.bus.js.delete_stream(names.topic_stream(name))
 
 

@@ -147,6 +147,7 @@ def _ensure_dashboards_topic(http: httpx.Client, namespace: str) -> str:
     name = dashboards_topic(namespace)
     body = {
         "name": name,
+        "namespace": namespace,  # the deployment's functions read it with their scoped token
         "subjects": [f"{name}.*"],
         "max_msgs_per_subject": 1,
         "max_bytes": "16Mi",  # reserved on the node; a dashboard is a few hundred bytes

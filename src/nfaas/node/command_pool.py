@@ -51,7 +51,9 @@ class CommandPool(FunctionPool):
         self._trigger = "deploy"  # why the next instance starts, for its cold-start record
 
     # -- no HTTP ---------------------------------------------------------------------------
-    async def invoke(self, request: Request, accepted: float) -> tuple[Response, bool]:
+    async def invoke(
+        self, request: Request, accepted: float, cause: str = "request"
+    ) -> tuple[Response, bool]:
         return Response(400, [("content-type", "text/plain; charset=utf-8")], NO_HTTP), False
 
     # -- keeping the wanted number running ---------------------------------------------------

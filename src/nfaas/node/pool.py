@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nfaas.core.spec import FunctionSpec
-from nfaas.node.coldstart import ColdStart
+from nfaas.node.coldstart import BACKGROUND_TRIGGERS, ColdStart
 from nfaas.node.logs import FunctionKey, LogBook
 from nfaas.node.shells import ShellPool
 from nfaas.sandbox.base import (
@@ -155,8 +155,11 @@ class FunctionPool:
                 slot.inflight += 1
                 waiter.set_result(slot)
 
-    async def invoke(self, request: Request, accepted: float) -> tuple[Response, bool]:
-        """Serve one request; returns the response and whether it waited for a cold start."""
+    async def invoke(
+        self, request: Request, accepted: float, cause: str = "request"
+    ) -> tuple[Response, bool]:
+        """Serve one request; returns the response and whether it waited for a cold start
+        (recorded with ``cause`` as its trigger: request, async, nats, mqtt, topic, cron…)."""
         if self.closed:
             raise WorkerDied("function was removed")
         slot = self._free_slot()
@@ -168,7 +171,7 @@ class FunctionPool:
             await self._resume(slot)
         else:
             cold = not self.slots
-            slot = await self._wait_for_slot(accepted)
+            slot = await self._wait_for_slot(accepted, cause)
         self.invocations += 1
         try:
             response = await slot.instance.invoke(request, self.spec.limits.timeout)
@@ -187,7 +190,7 @@ class FunctionPool:
             self._finish_record(slot.record)
         return response, cold
 
-    async def _wait_for_slot(self, accepted: float) -> Slot:
+    async def _wait_for_slot(self, accepted: float, cause: str) -> Slot:
         now = time.monotonic()
         if now < self.retry_at and not self.slots and not self.starting:
             raise CrashLooping(self.last_error, self.retry_at - now, self.last_error_is_load)
@@ -196,7 +199,7 @@ class FunctionPool:
         waiter: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
         self.waiters.append(waiter)
         if not self.slots and not self.starting:
-            self.start_instance("request", accepted)
+            self.start_instance(cause, accepted)
         try:
             return await asyncio.wait_for(waiter, self.spec.limits.timeout)
         except TimeoutError:
@@ -268,8 +271,8 @@ class FunctionPool:
             return
         self._on_ready(slot)
         self._hand_over(slot)
-        if trigger != "request" or not slot.inflight:
-            self.shells.refill()  # a request's cold start refills after its first response
+        if trigger in BACKGROUND_TRIGGERS or not slot.inflight:
+            self.shells.refill()  # a caller's cold start refills after its first response
 
     def _hooks(self, instance_id: str, holder: list[Slot]) -> InstanceHooks:
         """How the instance reports back; ``holder`` gets its slot once it has one."""
