@@ -312,7 +312,11 @@ def resolve(
         for ts in ours:
             if ts.topic.name == trigger.source:
                 return [bind(ts.stream)], [], []
-        return [], [], [f"{where}: topic {trigger.source!r} does not exist (yet) in namespace {key[0]!r}"]
+        return (
+            [],
+            [],
+            [f"{where}: topic {trigger.source!r} does not exist (yet) in namespace {key[0]!r}"],
+        )
     if trigger.kind == "topics":
         matched = [
             bind(ts.stream)
