@@ -4,6 +4,7 @@ The broker (nats-server with JetStream, examples/broker-nats) runs as a `runtime
 function in the container tier with a bridged network; `nfaas bench pubsub`'s workload (b)
 (1 to 20 topics of 5.12 Mb/s, 800 B messages) is driven at the instance's address. Seed 000's
 Kafka broker on Kata + Firecracker lost 3.5 % at 51.2 Mb/s (10 topics); the target is none.
+JetStream's store is the function's volume (on the node's disk, ``max_file_store: 1GB``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from nfaas.bench.harness import PlatformProcess, examples_dir
 from nfaas.bench.pubsub import RESULTS, Settings, run_async
 
 TOPICS = (1, 5, 10, 15, 20)
-VNF_STREAM_BYTES = 2 * 1024 * 1024  # 20 streams within the instance's 48 MB store
+# 20 streams within the example's 1 GB store (its volume); a 10 s step at 5.12 Mb/s puts
+# 6.4 MB in each, so none discards during a step
+VNF_STREAM_BYTES = 32 * 1024 * 1024
 
 
 def _broker_spec() -> dict[str, Any]:

@@ -890,7 +890,7 @@ def _finish(
             "producers": settings.producers,
             "consumers": settings.consumers,
             "ack_timeout_s": settings.ack_timeout,
-            "stream_max_bytes": STREAM_MAX_BYTES,
+            "stream_max_bytes": settings.stream_max_bytes,
         },
         "broker": broker,
         "anchors": ANCHORS[workload],

@@ -24,6 +24,7 @@ from nfaas.node.agent import NodeAgent
 from nfaas.node.coldstart import ColdStart, percentiles
 from nfaas.node.logs import FunctionKey
 from nfaas.sandbox.base import Request, SandboxError
+from nfaas.sandbox.volumes import remove_volume, volumes_root
 
 log = logging.getLogger("nfaas.control")
 DEFAULT_NAMESPACE = "default"
@@ -249,6 +250,8 @@ class Platform:
         self.scalers.pop(key, None)
         await self.events.function_removed(key)
         await self.agent.remove(key)
+        # its instances are stopped: its volume (if it ever had one) goes with it
+        await asyncio.to_thread(remove_volume, volumes_root(self.config.data_dir), key)
 
     def list(self, principal: Principal, namespace: str | None) -> list[FunctionRecord]:
         if principal.is_admin and namespace is None:

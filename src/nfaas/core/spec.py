@@ -7,6 +7,7 @@ at it: the manifest loader turns a path into a file and line, the API into a fie
 from __future__ import annotations
 
 import math
+import posixpath
 import re
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
@@ -58,6 +59,31 @@ class Limits(msgspec.Struct, frozen=True):
     processes: int = 64
 
 
+class Volume(msgspec.Struct, frozen=True):
+    """A directory that outlives the function's instances (see docs/volumes.md)."""
+
+    path: str  # where instances see it (container tier); the process tier cannot remap it
+
+
+# Where a volume cannot go: the kernel's and the sandbox's own trees (the container tier's
+# /code and /tmp, which is also HOME), the interpreter's read-only /usr and its aliases.
+RESERVED_VOLUME_PATHS = (
+    "/proc",
+    "/sys",
+    "/dev",
+    "/code",
+    "/tmp",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+)
+MAX_VOLUME_PATH = 1024
+
+
 class FunctionSpec(msgspec.Struct, frozen=True):
     name: str
     runtime: str = "python"
@@ -73,6 +99,7 @@ class FunctionSpec(msgspec.Struct, frozen=True):
     triggers: tuple[Trigger, ...] = ()
     retry: Retry = Retry()  # async calls and trigger messages
     queue: Queue = Queue()
+    volume: Volume | None = None  # a persistent directory shared by the function's instances
 
 
 def validate_name(name: object, path: tuple[str, ...] = ("name",)) -> str:
@@ -191,6 +218,7 @@ SPEC_KEYS = {
     "triggers",
     "retry",
     "queue",
+    "volume",
 }
 NETWORKS = ("none", "bridged")
 
@@ -254,7 +282,48 @@ def validate_spec(
         triggers=triggers,
         retry=_retry(("retry",), _mapping(("retry",), raw.get("retry", {}))),
         queue=_queue(("queue",), _mapping(("queue",), raw.get("queue", {}))),
+        volume=_volume(("volume",), raw.get("volume"), isolation),
     )
+
+
+def _volume(path: tuple[str, ...], raw: object, isolation: str) -> Volume | None:
+    """``volume: {path: /data}``: absent (or null) means none."""
+    if raw is None:
+        return None
+    raw = _mapping(path, raw)
+    _check_keys(path, raw, set(Volume.__struct_fields__))
+    if isolation == "microvm":
+        raise SpecError(
+            path,
+            "volumes are for isolation process or container: a microVM's guest has no way "
+            "to reach the node's directories",
+        )
+    if "path" not in raw:
+        raise SpecError((*path, "path"), "required: where instances see the volume, e.g. /data")
+    return Volume(path=_volume_path((*path, "path"), raw["path"]))
+
+
+def _volume_path(path: tuple[str, ...], value: object) -> str:
+    if not isinstance(value, str):
+        raise SpecError(path, f"expected an absolute path such as /data, got {value!r}")
+    if not value.startswith("/"):
+        raise SpecError(path, f"must be an absolute path, got {value!r}")
+    if len(value) > MAX_VOLUME_PATH:
+        raise SpecError(path, f"must be at most {MAX_VOLUME_PATH} characters")
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):
+        raise SpecError(path, f"must not contain control characters, got {value!r}")
+    # normpath keeps a leading "//" (POSIX leaves its meaning to the implementation)
+    normal = "/" + posixpath.normpath(value).lstrip("/")
+    if normal != value:
+        raise SpecError(path, f"must be a normalised path ({normal!r}), got {value!r}")
+    if value == "/":
+        raise SpecError(path, "cannot be / (the sandbox's root)")
+    for reserved in RESERVED_VOLUME_PATHS:
+        if value == reserved or value.startswith(reserved + "/"):
+            raise SpecError(
+                path, f"{value!r} is inside {reserved}, which the sandbox itself provides"
+            )
+    return value
 
 
 def _command(raw: object, runtime: str) -> tuple[str, ...]:

@@ -5,7 +5,8 @@ worker (``nfaas.worker.shell_main``) on a Unix socket handed in as fd 3. Loading
 writes its limits into the container's cgroup and ships the code bundle over the stream; the
 worker unpacks it into /code and drops to the instance's uid (which clears its capabilities).
 The runtime binary is configurable: runc by default; crun, runsc or kata-runtime where a host
-has them.
+has them. A function's volume is mounted into the container at load (``mount_into``); the
+function's instances that run at the same time share one uid, so they share its files.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Hashable, Sequence
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from nfaas.core.spec import FunctionSpec
+from nfaas.core.spec import FunctionSpec, Volume
 from nfaas.nf.ports.claim import PortClaim
 from nfaas.sandbox import oci
 from nfaas.sandbox.base import (
@@ -45,11 +46,13 @@ from nfaas.sandbox.procstats import describe_exit, read_stats
 from nfaas.sandbox.stream import LineReader, WorkerStream
 from nfaas.sandbox.stream_instance import StreamInstance, StreamShell, rlimits_for
 from nfaas.sandbox.uids import UidPool
+from nfaas.sandbox.volumes import SharedUids, VolumeKey, prepare_volume, volumes_root
 from nfaas.worker.protocol import Ping, Pong
 
 START_TIMEOUT = 30.0
 LOAD_TIMEOUT = 30.0
 MIB = 1024**2
+MOUNT_HELPER = str(Path(__file__).with_name("mount_into.py"))
 
 
 class ContainerInstance(StreamInstance):
@@ -201,8 +204,17 @@ class ContainerShell(StreamShell):
         except OSError as exc:
             await self.discard()
             raise LoadFailed(f"cannot apply cgroup limits: {exc}") from None
-        self.uid = self.driver.uids.take()
         extra_env = {}
+        if spec.volume is None:
+            self.uid, _ = self.driver.shared_uids.take(None)
+        else:
+            try:
+                extra_env["NFAAS_VOLUME"] = await self._attach_volume(
+                    spec.volume, (namespace, spec.name)
+                )
+            except BaseException:  # cancelled too: the uid it holds must go back
+                await self.discard()
+                raise
         if spec.network == "bridged":
             try:
                 extra_env["NFAAS_ADDRESS"] = str(await self._attach_network())
@@ -242,6 +254,39 @@ class ContainerShell(StreamShell):
                 continue
         return 0
 
+    async def _attach_volume(self, volume: Volume, key: VolumeKey) -> str:
+        """Take the function's uid (its volume handed to it if no other instance of it runs)
+        and mount the volume at its path in this container; returns the path."""
+        driver = self.driver
+        try:
+            oci.volume_mount_point(driver.rootfs, volume.path, driver.binds)
+        except (OSError, ValueError) as exc:
+            raise LoadFailed(f"volume.path: {exc}") from None
+        async with driver.volume_lock:  # a second instance waits for the first's hand-over
+            self.uid, first = driver.shared_uids.take(key)
+            try:
+                folder = await asyncio.to_thread(
+                    prepare_volume, driver.volumes, key, self.uid, first
+                )
+            except OSError as exc:
+                raise LoadFailed(f"volume: cannot prepare its directory: {exc}") from None
+        helper = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-I",
+            "-S",
+            MOUNT_HELPER,
+            str(self.pid),
+            str(folder),
+            volume.path,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, error = await helper.communicate()
+        if helper.returncode != 0:
+            raise LoadFailed(f"volume: cannot mount it at {volume.path}: {error.decode().strip()}")
+        return volume.path
+
     async def _attach_network(self) -> IPv4Address:
         bridge = await self.driver.bridge()
         self.address = bridge.take_address()
@@ -264,7 +309,7 @@ class ContainerShell(StreamShell):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._exited), 10)
         await self.driver.delete(self.id)
-        self.driver.uids.give_back(self.uid)
+        self.driver.shared_uids.release(self.uid)
         if self.address is not None:
             bridge = await self.driver.bridge()
             await bridge.detach(self.veth)
@@ -296,6 +341,9 @@ class ContainerDriver(Driver):
         self.deps_dir = data_dir / "deps"
         self.binds = [*oci.read_only_paths(), str(self.deps_dir)]
         self.uids = UidPool(first=300_000)
+        self.shared_uids = SharedUids(self.uids)
+        self.volumes = volumes_root(data_dir)
+        self.volume_lock = asyncio.Lock()
         # container ids and cgroups are host-wide: unique per platform process, not per second
         self.boot = f"{os.getpid():x}{secrets.token_hex(2)}"
         self._ids = itertools.count(1)

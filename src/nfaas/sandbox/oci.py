@@ -3,7 +3,8 @@
 The root filesystem is an empty read-only directory; the worker gets read-only binds of
 exactly what it needs (the interpreter and stdlib under /usr, the platform's virtualenv and
 sources), a private size-limited /tmp, and /code, a tmpfs the shipped bundle is unpacked into.
-No host /etc, /root, /home or platform data directory is visible.
+No host /etc, /root, /home or platform data directory is visible; a function's volume is
+mounted into its container when it loads (``mount_into``), at a point made here.
 """
 
 from __future__ import annotations
@@ -64,6 +65,28 @@ DENIED_SYSCALLS = (
 CAPABILITIES = ["CAP_SETUID", "CAP_SETGID", "CAP_NET_ADMIN"]
 CODE_DIR = "/code"
 WORK_DIR = "/tmp"
+
+
+# What a shell's config mounts itself: a volume can neither cover these nor go inside them.
+CONFIG_MOUNTS = ("/proc", "/dev", "/sys", WORK_DIR, CODE_DIR)
+
+
+def volume_mount_point(rootfs: Path, path: str, binds: list[str]) -> Path:
+    """Make ``path``, where a function's volume goes in its containers, a directory of the
+    shared read-only root (so it exists in every container, empty where nothing is mounted
+    on it). Refuses places the container's own mounts hold: a volume over the virtualenv's
+    bind would hide the worker's code."""
+    for taken in (*CONFIG_MOUNTS, *binds):
+        if path == taken or path.startswith(taken + "/") or taken.startswith(path + "/"):
+            raise ValueError(f"{path!r} overlaps {taken}, which the container mounts itself")
+    point = rootfs
+    for part in path.strip("/").split("/"):
+        point = point / part
+        if point.is_symlink():
+            raise ValueError(f"{path!r} goes through a symbolic link of the container's root")
+        point.mkdir(exist_ok=True)
+        point.chmod(0o755)  # the instance's uid must reach it (the platform's umask is 077)
+    return point
 
 
 def seccomp_profile() -> dict[str, Any]:

@@ -3,6 +3,11 @@
 Each instance gets its own working directory, rlimits from the function's limits and its own
 unprivileged uid; it talks to the node over a Unix socketpair with the framed protocol, and its
 stdout/stderr go to a pipe the node reads as the function's log.
+
+There is no mount namespace per instance: a function's volume is its directory on the node,
+whose path the instance finds in ``NFAAS_VOLUME``. Instances of one function that run at the
+same time share a uid (so they share the volume's files); a shell forked under another uid is
+replaced by one forked under the function's.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from nfaas.sandbox.base import (
     Instance,
     InstanceHooks,
     InstanceStats,
+    LoadFailed,
     LoadTimings,
     SandboxError,
     Shell,
@@ -40,6 +46,7 @@ from nfaas.sandbox.procstats import describe_exit, read_stats
 from nfaas.sandbox.stream import LineReader, WorkerStream
 from nfaas.sandbox.stream_instance import StreamInstance, StreamShell, rlimits_for
 from nfaas.sandbox.uids import UidPool
+from nfaas.sandbox.volumes import SharedUids, VolumeKey, prepare_volume, volumes_root
 
 LOAD_TIMEOUT = 30.0
 FORK_TIMEOUT = 30.0
@@ -85,6 +92,7 @@ class ProcessShell(StreamShell):
         self.pid = pid
         self.uid = uid
         self.workdir = workdir
+        self.driver = driver
         driver.track(pid, uid, self._exit_status)
 
     def _exit_status(self, status: int) -> None:
@@ -108,6 +116,43 @@ class ProcessShell(StreamShell):
         hooks: InstanceHooks,
         ports: Sequence[PortClaim] = (),
     ) -> Instance:
+        if spec.volume is None:
+            return await self._load(spec, namespace, bundle, timings, hooks, ports, {})
+        shell, folder = await self._volume_shell((namespace, spec.name))
+        env = {"NFAAS_VOLUME": str(folder)}  # the node's path: there is no mount to remap it
+        return await shell._load(spec, namespace, bundle, timings, hooks, ports, env)
+
+    async def _volume_shell(self, key: VolumeKey) -> tuple[ProcessShell, Path]:
+        """The shell an instance of the function ``key`` runs in: this one, or one forked
+        under the uid the function's other running instances have; and the volume's
+        directory, handed over to the uid if no other instance runs."""
+        driver = self.driver
+        shell = self
+        async with driver.volume_lock:  # a second instance waits for the first's hand-over
+            uid, first = driver.shared_uids.join(key, self.uid)
+            try:
+                if uid != self.uid:
+                    await self.discard()
+                    shell = await driver.fork(self.id, uid, ahead=False)
+                folder = await asyncio.to_thread(prepare_volume, driver.volumes, key, uid, first)
+            except (SandboxError, OSError) as exc:
+                await shell.discard()
+                raise LoadFailed(f"volume: {exc}") from None
+            except BaseException:  # cancelled: its process (and so the uid) must go
+                await shell.discard()
+                raise
+        return shell, folder
+
+    async def _load(
+        self,
+        spec: FunctionSpec,
+        namespace: str,
+        bundle: CodeBundle,
+        timings: LoadTimings,
+        hooks: InstanceHooks,
+        ports: Sequence[PortClaim],
+        extra_env: dict[str, str],
+    ) -> Instance:
         stream, load = self.begin_load(
             spec,
             namespace,
@@ -118,6 +163,7 @@ class ProcessShell(StreamShell):
             uid=self.uid,
             rlimits=rlimits_for(spec),
             deps_dir=bundle.deps_dir,
+            extra_env=extra_env,
         )
         loaded = await self.finish_load(stream, load, timings, LOAD_TIMEOUT, ports)
         instance = ProcessInstance(self.id, self.pid, stream, self.workdir)
@@ -151,6 +197,9 @@ class ProcessDriver(Driver):
     def __init__(self, data_dir: Path) -> None:
         self.instances_dir = data_dir / "instances"
         self.uids = UidPool()
+        self.shared_uids = SharedUids(self.uids)
+        self.volumes = volumes_root(data_dir)
+        self.volume_lock = asyncio.Lock()
         self._ids = itertools.count(1)
         self._boot = f"{int(time.time()):x}"
         self._control: socket.socket | None = None
@@ -208,7 +257,7 @@ class ProcessDriver(Driver):
             return
         elif op == "exited":
             pid, status = message["pid"], message["status"]
-            self.uids.give_back(self._uid_of.pop(pid, -1))
+            self.shared_uids.release(self._uid_of.pop(pid, -1))
             watcher = self._exit_watch.pop(pid, None)
             if watcher is not None:
                 watcher(status)
@@ -253,10 +302,28 @@ class ProcessDriver(Driver):
     async def prepare(self, ahead: bool = True, shape: Hashable = None) -> Shell:
         if self._control is None:
             raise SandboxError("process driver not started")
-        shell_id = f"p{self._boot}-{next(self._ids)}"
         # The shell gets its own uid and private working directory before it exists, so it
         # never runs as root and none of this is left for the cold-start path.
-        uid = self.uids.take()
+        return await self.fork(f"p{self._boot}-{next(self._ids)}", self.uids.take(), ahead)
+
+    async def fork(self, shell_id: str, uid: int, ahead: bool) -> ProcessShell:
+        """A shell forked from the zygote, running as ``uid`` in a fresh working directory;
+        ``uid`` is released if no process comes to run as it."""
+        try:
+            pid, ours, log_r, workdir = await self._fork(shell_id, uid, ahead)
+        except BaseException:
+            self.shared_uids.release(uid)
+            raise
+        shell = ProcessShell(shell_id, pid, uid, workdir, self)  # from here its exit releases it
+        await shell.connect(ours, log_r)
+        return shell
+
+    async def _fork(
+        self, shell_id: str, uid: int, ahead: bool
+    ) -> tuple[int, socket.socket, int, Path]:
+        """Ask the zygote for a shell; its pid, stream socket, log pipe and working directory."""
+        if self._control is None:
+            raise SandboxError("process driver not started")
         workdir = self.instances_dir / shell_id
         workdir.mkdir(mode=0o700)
         if uid >= 0:
@@ -279,11 +346,8 @@ class ProcessDriver(Driver):
             self._forks.pop(shell_id, None)
             ours.close()
             os.close(log_r)
-            self.uids.give_back(uid)
             raise SandboxError("zygote did not fork a shell in time") from None
-        shell = ProcessShell(shell_id, pid, uid, workdir, self)
-        await shell.connect(ours, log_r)
-        return shell
+        return pid, ours, log_r, workdir
 
     async def close(self) -> None:
         for pid in list(self._exit_watch):
