@@ -251,6 +251,15 @@ def create_app(platform: Platform) -> Any:
         await platform.scale(who, name, body.namespace, body.replicas)
         return JSONResponse({"name": name, "replicas": body.replicas}, status_code=202)
 
+    @api.post("/system/wake-function/{name}", status_code=202)
+    async def wake_function(
+        name: str, namespace: str | None = None, who: Principal = Depends(principal)
+    ) -> JSONResponse:
+        """Start an instance of a function at zero in the background, ahead of calls about to
+        come; an instance running or starting already is enough (``started``: false)."""
+        started = platform.wake(who, name, namespace)
+        return JSONResponse({"name": name, "started": started}, status_code=202)
+
     @api.get("/system/logs")
     async def logs(
         name: str,

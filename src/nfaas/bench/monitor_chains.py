@@ -3,7 +3,10 @@
 
 - warm: the chain's functions have instances (the previous run left them warm);
 - cold: every function of the chain is scaled to zero (and the node left to settle) before
-  each run, so each step of the chain is a cold start;
+  each run, so each step of the chain is a cold start; the chain head, a new instance, wakes
+  its later steps as it sends the first one (docs/monitoring.md, "Waking the steps");
+- cold-no-wake: the same, on a second deployment of the package whose heads do not wake
+  their steps (MONITOR_WAKE=0): the baseline of the wake-ups, measured side by side;
 - always-on: the same handler files imported by one long-running HTTP server (a thread per
   request, like the microservices the seed compares with) that serves them at the same
   ``/function/<name>.<namespace>`` paths, so the chain's calls go to it; the topics API calls
@@ -40,9 +43,10 @@ from nfaas.bench.report import markdown, print_table, save, summary
 from nfaas.monitor.deploy import FUNCTIONS_DIR, deploy, function_names
 
 NAMESPACE = "monitoring"
+NO_WAKE_NAMESPACE = "monitoring-nowake"  # the same package, deployed with MONITOR_WAKE=0
 CREATE_CHAIN = ("dcm-create", "fetch-topic", "create-topic", "dcs-create", "consumer-start")
 DELETE_CHAIN = ("dcm-delete", "fetch-topic", "dcs-delete", "delete-topic")
-MODES = ("warm", "always-on", "cold")
+MODES = ("warm", "always-on", "cold", "cold-no-wake")
 TARGET_COLD_OVER_WARM = 2.0
 SECTION = "Monitoring: management chains warm vs cold vs always-on (seed 001 §IV-C)"
 
@@ -171,21 +175,21 @@ class AlwaysOn:
 # --- one run of a chain -----------------------------------------------------------------------
 
 
-def describe(platform: PlatformProcess, name: str) -> dict[str, Any]:
-    answer = platform.api.get(f"/system/function/{name}", params={"namespace": NAMESPACE})
+def describe(platform: PlatformProcess, name: str, namespace: str = NAMESPACE) -> dict[str, Any]:
+    answer = platform.api.get(f"/system/function/{name}", params={"namespace": namespace})
     data: dict[str, Any] = answer.raise_for_status().json()
     return data
 
 
-def scale_to_zero(platform: PlatformProcess, functions: tuple[str, ...]) -> None:
+def scale_to_zero(platform: PlatformProcess, functions: tuple[str, ...], namespace: str) -> None:
     """Every function at zero replicas, then the node idle (its shell pool refilled)."""
     for name in functions:
         platform.api.post(
-            f"/system/scale-function/{name}", json={"namespace": NAMESPACE, "replicas": 0}
+            f"/system/scale-function/{name}", json={"namespace": namespace, "replicas": 0}
         ).raise_for_status()
     for name in functions:
         for _ in range(2000):
-            if describe(platform, name)["replicas"] == 0:
+            if describe(platform, name, namespace)["replicas"] == 0:
                 break
             time.sleep(0.005)
         else:
@@ -205,42 +209,48 @@ def wait_for_shells(platform: PlatformProcess) -> None:
     time.sleep(0.02)
 
 
-def timed_chain(client: httpx.Client, function: str, topics: list[str]) -> float:
+def timed_chain(client: httpx.Client, function: str, topics: list[str], namespace: str) -> float:
     """Milliseconds for one chain call; it must succeed for every topic."""
     started = time.perf_counter()
-    answer = client.post(f"/function/{function}.{NAMESPACE}", json={"topics": topics})
+    answer = client.post(f"/function/{function}.{namespace}", json={"topics": topics})
     elapsed = (time.perf_counter() - started) * 1000
     if answer.status_code != 200:
         raise RuntimeError(f"{function}: {answer.status_code} {answer.text[:1000]}")
     return elapsed
 
 
-def wait_collecting(platform: PlatformProcess, topics: list[str]) -> None:
+def wait_collecting(platform: PlatformProcess, topics: list[str], namespace: str) -> None:
     """Until consumer-start (async) has labelled every topic: it must not overlap the next
     measured call."""
     for _ in range(2000):
         labels = [platform.api.get(f"/system/topics/{t}").json().get("labels", {}) for t in topics]
-        if all(label.get("monitoring.collect") == NAMESPACE for label in labels):
+        if all(label.get("monitoring.collect") == namespace for label in labels):
             return
         time.sleep(0.005)
     raise RuntimeError(f"consumer-start did not label {topics}")
 
 
 def one_run(
-    platform: PlatformProcess, client: httpx.Client, mode: str, tag: str, count: int
+    platform: PlatformProcess,
+    client: httpx.Client,
+    mode: str,
+    tag: str,
+    count: int,
+    namespace: str = NAMESPACE,
 ) -> tuple[float, float]:
     topics = [f"bench.{tag}.site1.kpi.m{i}" for i in range(count)]
-    if mode == "cold":
-        scale_to_zero(platform, CREATE_CHAIN)
+    cold = mode.startswith("cold")
+    if cold:
+        scale_to_zero(platform, CREATE_CHAIN, namespace)
     else:
         time.sleep(0.02)  # the same idle pause before each measured call
-    create = timed_chain(client, "dcm-create", topics)
-    wait_collecting(platform, topics)
-    if mode == "cold":
-        scale_to_zero(platform, DELETE_CHAIN)
+    create = timed_chain(client, "dcm-create", topics, namespace)
+    wait_collecting(platform, topics, namespace)
+    if cold:
+        scale_to_zero(platform, DELETE_CHAIN, namespace)
     else:
         time.sleep(0.02)
-    delete = timed_chain(client, "dcm-delete", topics)
+    delete = timed_chain(client, "dcm-delete", topics, namespace)
     return create, delete
 
 
@@ -259,8 +269,8 @@ def instantiation_ms(platform: PlatformProcess, name: str) -> list[float]:
 
 
 class Setup:
-    """One platform (with ``shell_pool`` prepared shells), the package deployed on it, and the
-    always-on server next to it."""
+    """One platform (with ``shell_pool`` prepared shells), the package deployed on it twice
+    (with and without wake-ups), and the always-on server next to it."""
 
     def __init__(self, stack: ExitStack, shell_pool: int) -> None:
         self.shell_pool = shell_pool
@@ -269,23 +279,41 @@ class Setup:
         self.platform = stack.enter_context(PlatformProcess(args))
         admin = (self.platform.data / "admin.token").read_text().strip()
         deploy(self.platform.url, admin, NAMESPACE)
-        token = self.platform.api.post("/system/tokens", json={"namespace": NAMESPACE}).json()
-        always_on = AlwaysOn(self.platform.url, token["token"])
+        deploy(self.platform.url, admin, NO_WAKE_NAMESPACE, env={"MONITOR_WAKE": "0"})
+        token = self.token(NAMESPACE)
+        always_on = AlwaysOn(self.platform.url, token)
         stack.callback(always_on.stop)
-        auth = {"authorization": f"Bearer {token['token']}"}
-        gateway = stack.enter_context(
-            httpx.Client(base_url=self.platform.url, headers=auth, timeout=120)
-        )
-        server = stack.enter_context(
-            httpx.Client(base_url=always_on.url, headers=auth, timeout=120)
-        )
-        self.clients = {"warm": gateway, "cold": gateway, "always-on": server}
+        gateway = stack.enter_context(self.client(self.platform.url, token))
+        unwoken = stack.enter_context(self.client(self.platform.url, self.token(NO_WAKE_NAMESPACE)))
+        server = stack.enter_context(self.client(always_on.url, token))
+        self.clients = {
+            "warm": gateway,
+            "cold": gateway,
+            "cold-no-wake": unwoken,
+            "always-on": server,
+        }
+        self.namespaces = {mode: NAMESPACE for mode in MODES} | {"cold-no-wake": NO_WAKE_NAMESPACE}
         self.times: dict[str, dict[str, list[float]]] = {
             m: {"create": [], "delete": []} for m in MODES
         }
 
+    def token(self, namespace: str) -> str:
+        answer = self.platform.api.post("/system/tokens", json={"namespace": namespace})
+        return str(answer.raise_for_status().json()["token"])
+
+    @staticmethod
+    def client(url: str, token: str) -> httpx.Client:
+        return httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=120)
+
+    def warm_up(self, topics: int) -> None:
+        """Instances, connections, imports: one unmeasured run in each mode."""
+        for mode in MODES:
+            client, namespace = self.clients[mode], self.namespaces[mode]
+            one_run(self.platform, client, "warm", f"warmup-{mode}", topics, namespace)
+
     def measure(self, mode: str, tag: str, topics: int) -> None:
-        create, delete = one_run(self.platform, self.clients[mode], mode, tag, topics)
+        client, namespace = self.clients[mode], self.namespaces[mode]
+        create, delete = one_run(self.platform, client, mode, tag, topics, namespace)
         self.times[mode]["create"].append(create)
         self.times[mode]["delete"].append(delete)
 
@@ -307,9 +335,8 @@ def run(
     interleaved across modes and platforms, so all see the same machine."""
     with ExitStack() as stack:
         setups = [Setup(stack, pool) for pool in shell_pools]
-        for setup in setups:  # warm-up: instances, connections, imports
-            for mode in MODES:
-                one_run(setup.platform, setup.clients[mode], "warm", f"warmup-{mode}", topics)
+        for setup in setups:
+            setup.warm_up(topics)
         for index in range(runs):
             for setup in setups:
                 for mode in MODES:
@@ -326,6 +353,9 @@ def ratios_of(stats: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[s
         chain: {
             "cold_over_warm_p50": stats["cold"][chain]["p50"] / stats["warm"][chain]["p50"],
             "cold_over_warm_p90": stats["cold"][chain]["p90"] / stats["warm"][chain]["p90"],
+            "cold_no_wake_over_warm_p50": stats["cold-no-wake"][chain]["p50"]
+            / stats["warm"][chain]["p50"],
+            "wake_saves_ms_p50": stats["cold-no-wake"][chain]["p50"] - stats["cold"][chain]["p50"],
             "warm_over_always_on_p50": stats["warm"][chain]["p50"]
             / stats["always-on"][chain]["p50"],
         }
@@ -386,7 +416,9 @@ def report(
         r = data["ratios"]
         print(
             f"shell pool {pool}: cold/warm p50 create {r['create']['cold_over_warm_p50']:.2f}x, "
-            f"delete {r['delete']['cold_over_warm_p50']:.2f}x; warm/always-on p50 create "
+            f"delete {r['delete']['cold_over_warm_p50']:.2f}x (without wake-ups "
+            f"{r['create']['cold_no_wake_over_warm_p50']:.2f}x, "
+            f"{r['delete']['cold_no_wake_over_warm_p50']:.2f}x); warm/always-on p50 create "
             f"{r['create']['warm_over_always_on_p50']:.2f}x, delete "
             f"{r['delete']['warm_over_always_on_p50']:.2f}x"
         )
@@ -409,6 +441,8 @@ def _plot(pools: dict[int, dict[str, Any]], path: Path) -> None:
         for pool, data in pools.items():
             series.append(data["times_ms"]["cold"][chain])
             labels.append(f"cold\n(pool {pool})")
+            series.append(data["times_ms"]["cold-no-wake"][chain])
+            labels.append(f"no wake\n(pool {pool})")
         ax.boxplot(series, tick_labels=labels, showfliers=False)
         ax.set_title(f"dcm-{chain} chain")
         ax.grid(axis="y", alpha=0.3)

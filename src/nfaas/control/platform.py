@@ -253,6 +253,13 @@ class Platform:
         # its instances are stopped: its volume (if it ever had one) goes with it
         await asyncio.to_thread(remove_volume, volumes_root(self.config.data_dir), key)
 
+    def wake(self, principal: Principal, name: str, namespace: str | None) -> bool:
+        """Start an instance of a function at zero, ahead of calls about to come (a chain's
+        later steps); never stops one. Whether one was started."""
+        record = self.lookup(principal, name, namespace)
+        pool = self.agent.pools.get((record.namespace, name))
+        return pool is not None and pool.wake()
+
     def list(self, principal: Principal, namespace: str | None) -> list[FunctionRecord]:
         if principal.is_admin and namespace is None:
             return self.registry.list_functions()

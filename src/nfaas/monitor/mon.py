@@ -15,9 +15,10 @@ import json
 import os
 import re
 import socket
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -165,6 +166,7 @@ class Config:
         topic_max_bytes: str = "64Mi",
         store_max_age: str = "168h",
         store_max_bytes: str = "128Mi",
+        wake: bool = True,
     ) -> None:
         self.url = url  # the platform: topics API and, by default, the functions
         self.token = token
@@ -176,6 +178,7 @@ class Config:
         self.topic_max_bytes = topic_max_bytes
         self.store_max_age = store_max_age  # the stores: the experiment's record
         self.store_max_bytes = store_max_bytes
+        self.wake = wake  # whether a chain head wakes its steps (see chain_wake)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -189,6 +192,7 @@ class Config:
             topic_max_bytes=env.get("MONITOR_TOPIC_MAX_BYTES", "64Mi"),
             store_max_age=env.get("MONITOR_STORE_MAX_AGE", "168h"),
             store_max_bytes=env.get("MONITOR_STORE_MAX_BYTES", "128Mi"),
+            wake=env.get(WAKE_ENV, "1") != "0",
         )
 
     @property
@@ -279,6 +283,10 @@ class Http:
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
         return sock, sock.makefile("rb")
 
+    def close(self) -> None:
+        """Close the calling thread's connection, if it has one."""
+        self._drop()
+
     def _drop(self) -> None:
         held = getattr(self._local, "conn", None)
         self._local.conn = None
@@ -295,7 +303,10 @@ class Http:
         body: bytes | None = None,
         params: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> Reply:
+        """One request; ``on_sent`` (which must not raise) runs once it is sent, before the
+        answer is read, on the first attempt that gets that far."""
         target = self.prefix + path
         if params:
             target += "?" + urlencode({k: v for k, v in params.items() if v is not None})
@@ -318,6 +329,9 @@ class Http:
                 if held is None:
                     held = self._local.conn = self._open()
                 held[0].sendall(message)
+                if on_sent is not None:
+                    on_sent()
+                    on_sent = None
                 status, answer_headers, data, keep = read_response(held[1], method)
             except (OSError, ValueError) as exc:
                 self._drop()
@@ -500,10 +514,11 @@ class Monitor:
         return data
 
     # functions
-    def call(self, function: str, payload: Any) -> Reply:
-        """A synchronous call to another function of this deployment (status not checked)."""
+    def call(self, function: str, payload: Any, sent: Callable[[], None] | None = None) -> Reply:
+        """A synchronous call to another function of this deployment (status not checked);
+        ``sent`` runs once the request is on its way, before its answer is awaited."""
         path = f"/function/{function}.{self.config.namespace}"
-        return self.functions.request("POST", path, json_body=payload)
+        return self.functions.request("POST", path, json_body=payload, on_sent=sent)
 
     def call_async(self, function: str, payload: Any, step: str) -> str:
         """Queue a durable call; its id. The platform retries it per the function's policy."""
@@ -709,12 +724,15 @@ def chain_step(
     function: str,
     topics: list[TopicName],
     results: dict[str, dict[str, Any]],
+    wake: Wake | None = None,
 ) -> list[TopicName]:
     """Call ``function`` for ``topics`` (one request for all) and record its outcome for
-    each in ``results``; the topics that succeeded, for the next step."""
+    each in ``results``; the topics that succeeded, for the next step. ``wake`` is told
+    once the request is sent."""
     if not topics:
         return []
-    reply = api.call(function, {"topics": [t.name for t in topics]})
+    sent = None if wake is None else (lambda: wake.after(function))
+    reply = api.call(function, {"topics": [t.name for t in topics]}, sent)
     outcomes = results_by_topic(reply, function, topics)
     succeeded = []
     for topic in topics:
@@ -736,6 +754,78 @@ def chain_results(topics: list[TopicName]) -> dict[str, dict[str, Any]]:
 
 def skipped(results: dict[str, dict[str, Any]], topic: TopicName, step: str, why: str) -> None:
     results[topic.name]["steps"].append({"step": step, "skipped": why})
+
+
+# --- waking a chain's steps ------------------------------------------------------------------
+
+WAKE_ENV = "MONITOR_WAKE"  # "0": a chain head never wakes its steps
+WAKE_TIMEOUT = 5.0  # a wake-up the platform has not answered by then is given up (and logged)
+_chains_run: set[tuple[str, ...]] = set()  # the chains this process has run (one per head)
+
+
+class Wake:
+    """The wake-ups of one run of a chain of ``steps`` (the functions it calls, in order).
+
+    ``after(step)`` is called once ``step``'s request is on its way; the first time, a thread
+    of its own asks the platform to start an instance of every later step, in order, over a
+    connection of its own, and the call returns at once. The first step is never woken: the
+    chain's own call to it starts it, ahead of the wake-ups (so it takes the prepared shell
+    that is there). A wake-up is ``POST /system/wake-function/{name}``: at zero the platform
+    starts an instance in the background and answers 202 at once (the step's call, arriving
+    meanwhile, waits for that instance instead of starting another); with an instance running
+    or starting it changes nothing, and it never stops one. A refusal is logged, never raised.
+    """
+
+    def __init__(self, config: Config, steps: Sequence[str]) -> None:
+        self.config = config
+        self.steps = tuple(steps)
+        self.thread: threading.Thread | None = None
+        self.answers: list[tuple[str, int]] = []  # (function, status) of each wake-up sent
+
+    def after(self, step: str) -> None:
+        if self.thread is not None or step not in self.steps:
+            return
+        later = self.steps[self.steps.index(step) + 1 :]
+        if not later:
+            return
+        self.thread = threading.Thread(target=self._send, args=(later,), name="wake", daemon=True)
+        try:
+            self.thread.start()
+        except RuntimeError as exc:  # no thread to be had (the instance's process limit)
+            _log(f"[monitor] could not wake {', '.join(later)}: {exc}")
+
+    def _send(self, functions: tuple[str, ...]) -> None:
+        http = Http(self.config.url, self.config.token, WAKE_TIMEOUT)
+        try:
+            for name in functions:
+                path = "/system/wake-function/" + quote(name, safe="")
+                reply = http.request("POST", path, params={"namespace": self.config.namespace})
+                self.answers.append((name, reply.status))
+                if reply.status != 202:
+                    _log(
+                        f"[monitor] could not wake {name}: {reply.status or 'no answer'}: "
+                        f"{_short(reply.detail())}"
+                    )
+        finally:
+            http.close()
+
+
+def chain_wake(api: Monitor, steps: Sequence[str]) -> Wake | None:
+    """The wake-ups for this run of the chain of ``steps``: only the first run in this process
+    (a new instance of the head: the chain has been idle, and its steps, which share its
+    keep-alive and which only it calls, are at zero too; a warm head's steps are warm, and
+    waking them would only cost platform calls), and only when the steps are the platform's
+    functions (not an always-on server's). None: nothing to wake."""
+    key = tuple(steps)
+    first = key not in _chains_run
+    _chains_run.add(key)
+    if not first or api.functions is not api.platform or not api.config.wake:
+        return None
+    return Wake(api.config, key)
+
+
+def _log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 # --- the stores -------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ PHASES = ("scheduled", "spawned", "shipped", "loaded", "ready", "first_response"
 # Cold starts nobody waits for (the others' callers get the first response): what triggers
 # a start is one of these, a request, or the event that woke the function (async, nats, …).
 BACKGROUND_TRIGGERS = frozenset(
-    {"scale", "autoscaler", "replacement", "packet", "deploy", "restart"}
+    {"scale", "autoscaler", "replacement", "packet", "deploy", "restart", "wake"}
 )
 
 

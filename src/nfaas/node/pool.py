@@ -34,6 +34,7 @@ from nfaas.sandbox.base import (
 
 KEEP_RECORDS = 200
 MAX_BACKOFF = 60.0
+WAKE_REFILL_AFTER = 0.2  # seconds: past the calls of the chain that woke the function
 
 
 class Overloaded(Exception):
@@ -271,7 +272,11 @@ class FunctionPool:
             return
         self._on_ready(slot)
         self._hand_over(slot)
-        if trigger in BACKGROUND_TRIGGERS or not slot.inflight:
+        if trigger == "wake":
+            # started ahead of the calls a chain is about to make: preparing its replacement
+            # shell now would take CPU from that chain, so it waits until the chain is done
+            asyncio.get_running_loop().call_later(WAKE_REFILL_AFTER, self.shells.refill)
+        elif trigger in BACKGROUND_TRIGGERS or not slot.inflight:
             self.shells.refill()  # a caller's cold start refills after its first response
 
     def _hooks(self, instance_id: str, holder: list[Slot]) -> InstanceHooks:
@@ -369,6 +374,11 @@ class FunctionPool:
                 stopped += 1
         return stopped
 
+    def wake(self) -> bool:
+        """Start an instance in the background if none runs or starts (a caller is about to
+        come); never stops one. Whether an instance was started."""
+        return self.live() == 0 and self.start_instance("wake")
+
     async def scale_to(self, replicas: int) -> None:
         """Start or stop instances now to reach ``replicas`` (stopping only idle ones)."""
         replicas = max(0, min(replicas, self.spec.scale.max))
@@ -378,7 +388,8 @@ class FunctionPool:
             await self.stop_idle(0.0, replicas)
 
     def _finish_record(self, record: ColdStart) -> None:
-        self.shells.refill()
+        if record.trigger != "wake":
+            self.shells.refill()
         self.records.append(record)
         self.on_cold_start(self.key, record)
 

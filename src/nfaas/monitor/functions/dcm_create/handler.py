@@ -6,6 +6,10 @@ Each step is one call for all the topics still going; a topic that fails a step 
 with that step and the status it got, and goes no further; the others carry on. Running it
 again converges on the same state (every step is idempotent). 200 when every topic is set up,
 502 otherwise, 400 (nothing done) for a malformed name.
+
+On a new instance's first chain, the later steps are woken as soon as the first step's request
+is sent, so that their cold starts overlap it (mon.chain_wake; docs/monitoring.md, "Waking the
+steps").
 """
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ from __future__ import annotations
 from typing import Any
 
 import mon
+
+# The steps, in the order they are called (what mon.chain_wake wakes). Not consumer-start:
+# the chain does not wait for it (202), and the platform's async call starts it anyway.
+STEPS = ("fetch-topic", "create-topic", "dcs-create")
 
 
 def handle(event: Any, context: Any) -> dict[str, Any]:
@@ -23,17 +31,18 @@ def handle(event: Any, context: Any) -> dict[str, Any]:
         return mon.respond(400, exc.body)
     except mon.StepFailed as exc:
         return mon.respond(500, exc.to_json())
+    wake = mon.chain_wake(api, STEPS)
     results = mon.chain_results(topics)
-    fetched = mon.chain_step(api, "fetch-topic", topics, results)
+    fetched = mon.chain_step(api, "fetch-topic", topics, results, wake)
     missing = []
     for topic in fetched:
         if results[topic.name]["steps"][-1].get("exists"):
             mon.skipped(results, topic, "create-topic", "exists")
         else:
             missing.append(topic)
-    created = mon.chain_step(api, "create-topic", missing, results)
+    created = mon.chain_step(api, "create-topic", missing, results, wake)
     ready = [t for t in fetched if t not in missing or t in created]
-    stored = mon.chain_step(api, "dcs-create", ready, results)
+    stored = mon.chain_step(api, "dcs-create", ready, results, wake)
     if stored:
         try:
             call_id = api.call_async(
