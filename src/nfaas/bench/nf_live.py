@@ -119,6 +119,7 @@ PROBE_MARKER = 0x6E666232  # "nfb2": latency probes; the four bytes before it nu
 BURST = DEFAULT_BURST  # frames per sendmmsg; also the NF loop's burst before NF_BURST (4096)
 PROBE_PPS = 2000.0
 MIN_PROBES = 20
+DRAIN_S = 0.2  # after the sender stops: what the forwarder still holds reaches B
 KEPT_UP = 0.99  # a forwarder keeps up when it processes this share of what A sent
 DRAIN_TIMEOUT_S = 60.0
 READY_TIMEOUT_S = 120.0
@@ -720,11 +721,13 @@ def _rate_window(
     """Send `frames` from A (as fast as it can, or at `pps`); counts over a window of
     `seconds` after `warmup`."""
     with MarkerCounter(topo.b, "b0", RATE_MARKER) as delivered:
+        delivered.take()
+        processed_before = path.processed(topo)
         sender = Sender(topo, frames.split(BURST), pps=pps)
         sender.start()
         try:
             time.sleep(warmup)
-            delivered.take()
+            early = delivered.take()
             busy0, total0 = _cpu_jiffies(topo.forwarder_cpu)
             t0 = time.perf_counter()
             sent0, arrived0 = sender.count, topo.link_rx_packets(topo.m, "m1")
@@ -738,6 +741,11 @@ def _rate_window(
             busy1, total1 = _cpu_jiffies(topo.forwarder_cpu)
         finally:
             sender.stop()
+        # the share delivered is taken over the whole drained run: a window's two counters
+        # are read moments apart, and the frames queued between them skew a short window
+        time.sleep(DRAIN_S)
+        delivered_all = early + got + delivered.take()
+        processed_all = path.processed(topo) - processed_before
     busy = (busy1 - busy0) / (total1 - total0) if total1 > total0 else None
     processed_kpps = _per_second(processed, window) / 1e3
     return {
@@ -751,7 +759,7 @@ def _rate_window(
         "arrived_kpps": _per_second(arrived, window) / 1e3,
         "processed_kpps": processed_kpps,
         "delivered_kpps": _per_second(got, window) / 1e3,
-        "delivered_share": got / processed if processed else None,
+        "delivered_share": delivered_all / processed_all if processed_all else None,
         "kept_up": processed >= KEPT_UP * sent,
         # share of the forwarder CPU's time that was busy (anyone's work, other jobs too)
         "forwarder_cpu_busy": busy,
