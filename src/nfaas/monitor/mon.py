@@ -752,6 +752,29 @@ def chain_results(topics: list[TopicName]) -> dict[str, dict[str, Any]]:
     return {t.name: {"topic": t.name, "ok": True, "steps": []} for t in topics}
 
 
+class ChainStart:
+    """A chain past its first step: the request's topics fetched, the later steps woken."""
+
+    def __init__(self, api: Monitor, topics: list[TopicName], steps: Sequence[str]) -> None:
+        self.api = api
+        self.wake = chain_wake(api, steps)
+        self.results = chain_results(topics)
+        self.fetched = chain_step(api, steps[0], topics, self.results, self.wake)
+
+
+def start_chain(event: Any, steps: Sequence[str]) -> ChainStart | dict[str, Any]:
+    """Parse the request, then run the chain's first step (``steps[0]``, fetch-topic) with
+    wake-ups for the others; or the error response when the request or set-up is bad."""
+    try:
+        topics = topics_from_request(event)
+        api = monitor()
+    except BadRequest as exc:
+        return respond(400, exc.body)
+    except StepFailed as exc:
+        return respond(500, exc.to_json())
+    return ChainStart(api, topics, steps)
+
+
 def skipped(results: dict[str, dict[str, Any]], topic: TopicName, step: str, why: str) -> None:
     results[topic.name]["steps"].append({"step": step, "skipped": why})
 

@@ -24,16 +24,10 @@ STEPS = ("fetch-topic", "create-topic", "dcs-create")
 
 
 def handle(event: Any, context: Any) -> dict[str, Any]:
-    try:
-        topics = mon.topics_from_request(event)
-        api = mon.monitor()
-    except mon.BadRequest as exc:
-        return mon.respond(400, exc.body)
-    except mon.StepFailed as exc:
-        return mon.respond(500, exc.to_json())
-    wake = mon.chain_wake(api, STEPS)
-    results = mon.chain_results(topics)
-    fetched = mon.chain_step(api, "fetch-topic", topics, results, wake)
+    start = mon.start_chain(event, STEPS)
+    if isinstance(start, dict):
+        return start
+    api, wake, results, fetched = start.api, start.wake, start.results, start.fetched
     missing = []
     for topic in fetched:
         if results[topic.name]["steps"][-1].get("exists"):

@@ -22,16 +22,10 @@ STEPS = ("fetch-topic", "dcs-delete", "delete-topic")  # in the order they are c
 
 
 def handle(event: Any, context: Any) -> dict[str, Any]:
-    try:
-        topics = mon.topics_from_request(event)
-        api = mon.monitor()
-    except mon.BadRequest as exc:
-        return mon.respond(400, exc.body)
-    except mon.StepFailed as exc:
-        return mon.respond(500, exc.to_json())
-    wake = mon.chain_wake(api, STEPS)
-    results = mon.chain_results(topics)
-    fetched = mon.chain_step(api, "fetch-topic", topics, results, wake)
+    start = mon.start_chain(event, STEPS)
+    if isinstance(start, dict):
+        return start
+    api, wake, results, fetched = start.api, start.wake, start.results, start.fetched
     exists = {t.name for t in fetched if results[t.name]["steps"][-1].get("exists")}
     unstored = mon.chain_step(api, "dcs-delete", fetched, results, wake)
     doomed = []
